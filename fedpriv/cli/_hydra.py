@@ -1,0 +1,123 @@
+"""Checks a ``fedpriv-train`` command line before Hydra creates any output directory.
+
+Hydra writes ``.hydra/`` into the run directory before the task starts, so bad input must
+be caught earlier: the overrides are composed here (each job of a ``-m`` sweep separately)
+and validated; an unknown config group option, a bad value or an output directory that
+already holds a run ends the command with one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from fedpriv.errors import ConfigError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+RUN_FILES = ("metrics.jsonl", "ledger.jsonl", "summary.json")
+
+
+def split_args(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """Returns (overrides, multirun) from a command line; Hydra's own flags are skipped."""
+    overrides, multirun, skip = [], False, False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir"):
+            skip = True
+        elif arg.startswith("-"):
+            continue
+        else:
+            overrides.append(arg)
+    return overrides, multirun
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]] | None:
+    """Expands ``a=1,2 b=x,y`` into the list of jobs' overrides, as Hydra's basic sweeper does.
+
+    Returns None for sweeps the basic expansion cannot enumerate (e.g. Optuna intervals).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        batches = BasicSweeper.split_arguments(parsed, None)
+    except Exception:  # noqa: BLE001 - anything Hydra cannot expand is left to Hydra
+        return None
+    return [list(job) for batch in batches for job in batch]
+
+
+def compose(overrides: list[str]) -> Any:
+    """Composes the configuration (with its ``hydra`` node) for one job's overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as err:
+        raise ConfigError(*_missing_group_message(err, overrides)) from None
+    except ConfigCompositionException as err:
+        cause = err.__cause__ or err
+        raise ConfigError("overrides", str(cause).splitlines()[0]) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _missing_group_message(err: Exception, overrides: list[str]) -> tuple[str, str]:
+    from hydra.core.global_hydra import GlobalHydra  # noqa: F401
+
+    options = getattr(err, "options", None) or []
+    missing = getattr(err, "missing_cfg_file", "") or ""
+    group = missing.split("/")[0] if "/" in missing else "config"
+    value = missing.split("/", 1)[1] if "/" in missing else missing
+    allowed = sorted(o for o in options) or _group_options(group)
+    return group, f"unknown value {value!r}; choose from {allowed}"
+
+
+def _group_options(group: str) -> list[str]:
+    path = Path(CONF_DIR) / group
+    return sorted(p.stem for p in path.glob("*.yaml")) if path.is_dir() else []
+
+
+def check_command_line(
+    argv: Sequence[str], validate: Callable[[dict], None], resume_key: str = "resume"
+) -> None:
+    """Composes and validates every job the command line asks for.
+
+    Raises:
+        ConfigError: the first bad job's problem.
+    """
+    overrides, multirun = split_args(argv)
+    jobs = expand_sweep(overrides) if multirun else [overrides]
+    if jobs is None:
+        jobs = []
+    for job in jobs:
+        cfg = compose(job)
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        plain.pop("hydra", None)
+        resolved = OmegaConf.to_container(
+            OmegaConf.create({k: v for k, v in plain.items()}), resolve=True
+        )
+        validate(resolved)
+        if not multirun and not resolved.get(resume_key, False):
+            explicit = [o for o in job if o.startswith("hydra.run.dir=")]
+            if explicit:
+                run_dir = Path(explicit[-1].split("=", 1)[1])
+                existing = [f for f in RUN_FILES if (run_dir / f).exists()]
+                if existing:
+                    raise ConfigError(
+                        "hydra.run.dir",
+                        f"{run_dir} already holds a run ({existing[0]}); choose a new "
+                        f"directory or pass {resume_key}=true to continue it",
+                    )

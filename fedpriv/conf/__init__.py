@@ -1,0 +1,1 @@
+"""Hydra configuration groups for fedpriv-train (also reachable as conf/ at the top level)."""

@@ -1,0 +1,126 @@
+"""Validation of everything that enters through configuration.
+
+:func:`validate` checks a composed run configuration before anything is loaded or written,
+raising :class:`~fedpriv.errors.ConfigError` that names the field, the value and what is
+allowed. Checks that need the loaded data (e.g. cohort size against the population) run in
+the components that receive it and raise the same error type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fedpriv.errors import ConfigError
+
+MODELS = ("logreg", "mlp", "cnn")
+ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
+PARTITIONS = ("iid", "dirichlet", "shards", "natural")
+SAMPLINGS = ("fixed", "poisson")
+CLIENT_OPTIMIZERS = ("sgd", "adam")
+
+
+def _get(cfg: Mapping[str, Any], path: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _require(cfg: Mapping[str, Any], path: str) -> Any:
+    value = _get(cfg, path, _MISSING)
+    if value is _MISSING or value is None:
+        raise ConfigError(path, "is required")
+    return value
+
+
+_MISSING = object()
+
+
+def number(cfg: Mapping[str, Any], path: str, *, low: float | None = None,
+           high: float | None = None, low_open: bool = False, high_open: bool = False,
+           integer: bool = False, required: bool = True) -> float | int | None:
+    """Reads ``path`` as a number and checks it lies in the stated range.
+
+    Raises:
+        ConfigError: missing (when required), not a number, or out of range; the message
+            states the allowed range.
+    """
+    raw = _get(cfg, path, None)
+    if raw is None:
+        if required:
+            raise ConfigError(path, "is required")
+        return None
+    kind = "an integer" if integer else "a number"
+    if isinstance(raw, bool):
+        raise ConfigError(path, f"must be {kind}, got {raw!r}")
+    try:
+        value = int(raw) if integer else float(raw)
+        if integer and float(raw) != value:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(path, f"must be {kind}, got {raw!r}") from None
+    lo = "(" if low_open else "["
+    hi = ")" if high_open else "]"
+    allowed = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+    bad_low = low is not None and (value <= low if low_open else value < low)
+    bad_high = high is not None and (value >= high if high_open else value > high)
+    if bad_low or bad_high or value != value:
+        raise ConfigError(path, f"must be in {allowed}, got {raw!r}")
+    return value
+
+
+def choice(cfg: Mapping[str, Any], path: str, allowed: tuple[str, ...]) -> str:
+    value = _require(cfg, path)
+    if value not in allowed:
+        raise ConfigError(path, f"unknown value {value!r}; choose from {list(allowed)}")
+    return value
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Checks a composed ``fedpriv-train`` configuration.
+
+    Raises:
+        ConfigError: on the first bad field.
+    """
+    number(cfg, "seed", low=0, integer=True)
+    number(cfg, "rounds", low=1, integer=True)
+    number(cfg, "eval_every", low=1, integer=True)
+
+    number(cfg, "dataset.num_clients", low=1, integer=True, required=False)
+    number(cfg, "dataset.test_fraction", low=0, high=1, low_open=True, high_open=True,
+           required=False)
+    kind = choice(cfg, "dataset.partition.kind", PARTITIONS)
+    if kind == "dirichlet":
+        number(cfg, "dataset.partition.alpha", low=0, low_open=True)
+    if kind == "shards":
+        number(cfg, "dataset.partition.shards_per_client", low=1, integer=True)
+
+    choice(cfg, "model.name", MODELS)
+
+    choice(cfg, "algorithm.name", ALGORITHMS)
+    number(cfg, "algorithm.server_lr", low=0, low_open=True)
+    number(cfg, "algorithm.server_momentum", low=0, high=1, high_open=True, required=False)
+    number(cfg, "algorithm.beta1", low=0, high=1, high_open=True, required=False)
+    number(cfg, "algorithm.beta2", low=0, high=1, high_open=True, required=False)
+    number(cfg, "algorithm.tau", low=0, low_open=True, required=False)
+
+    choice(cfg, "client.optimizer", CLIENT_OPTIMIZERS)
+    number(cfg, "client.lr", low=0, low_open=True)
+    number(cfg, "client.momentum", low=0, high=1, high_open=True, required=False)
+    number(cfg, "client.epochs", low=1, integer=True)
+    number(cfg, "client.batch_size", low=1, integer=True)
+    number(cfg, "client.max_examples", low=1, integer=True, required=False)
+
+    sampling = choice(cfg, "sampling.kind", SAMPLINGS)
+    clients = _get(cfg, "dataset.num_clients")
+    if sampling == "fixed":
+        number(cfg, "sampling.cohort_size", low=1, high=clients, integer=True)
+    else:
+        number(cfg, "sampling.rate", low=0, high=1, low_open=True)
+
+    chunk = _get(cfg, "execution.chunk_size", "auto")
+    if chunk not in (None, "auto"):
+        number(cfg, "execution.chunk_size", low=1, integer=True)

@@ -1,0 +1,15 @@
+"""Federated data: population store, partitioners and data set loaders."""
+
+from fedpriv.data import partition
+from fedpriv.data.datasets import FederatedData, available, load, register
+from fedpriv.data.store import CohortBatch, PopulationStore
+
+__all__ = [
+    "CohortBatch",
+    "FederatedData",
+    "PopulationStore",
+    "available",
+    "load",
+    "partition",
+    "register",
+]

@@ -1,0 +1,51 @@
+"""Error types and the command-line convention for bad input.
+
+Every check on user input (configuration values, data files, checkpoints) raises
+:class:`ConfigError`, naming the field, the value it got and what is allowed. Command-line
+entry points wrap their body in :func:`exit_on_config_error`, which turns such an error
+into one line on stderr and exit status 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit status for bad input, as for argparse usage errors.
+EXIT_BAD_INPUT = 2
+
+
+class ConfigError(ValueError):
+    """Bad user input: a configuration value, a data file, a checkpoint.
+
+    Args:
+        field: The configuration key or file the problem is in, e.g. ``privacy.clip_norm``.
+        message: What is wrong and what is allowed, e.g. ``"must be > 0, got -1.0"``.
+    """
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+def fail(message: str) -> None:
+    """Prints ``fedpriv: error: <message>`` to stderr and exits with status 2."""
+    print(f"fedpriv: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_BAD_INPUT)
+
+
+def exit_on_config_error(fn: F) -> F:
+    """Decorator for entry points: a :class:`ConfigError` becomes one line and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as err:
+            fail(str(err))
+
+    return wrapper  # type: ignore[return-value]

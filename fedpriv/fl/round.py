@@ -1,0 +1,165 @@
+"""One federated round as a single jit-compiled function of (server state, cohort, key)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedpriv.fl.aggregators import Aggregator
+from fedpriv.fl.client import ClientBatch, ClientOutput
+
+PyTree = Any
+
+
+class ServerState(NamedTuple):
+    """Everything the server carries between rounds.
+
+    Attributes:
+        params: global model parameters.
+        opt_state: server optimizer state.
+        agg_state: aggregator state (e.g. the adaptive clip norm).
+        round: number of rounds completed (int32 scalar).
+    """
+
+    params: PyTree
+    opt_state: PyTree
+    agg_state: PyTree
+    round: jax.Array
+
+
+class RoundInputs(NamedTuple):
+    """A cohort on the device, padded to ``C = num_chunks * chunk_size`` slots.
+
+    Attributes:
+        x: ``x[C, n_cap, ...]``; y: ``y[C, n_cap]``; count: ``count[C]``;
+        client_mask: ``client_mask[C]`` (1.0 real, 0.0 padding); client_ids: ``client_ids[C]``.
+    """
+
+    x: jax.Array
+    y: jax.Array
+    count: jax.Array
+    client_mask: jax.Array
+    client_ids: jax.Array
+
+
+def init_server_state(
+    params: PyTree, server_opt: optax.GradientTransformation, aggregator: Aggregator
+) -> ServerState:
+    return ServerState(params, server_opt.init(params), aggregator.init(), jnp.zeros((), jnp.int32))
+
+
+def _tree_all_finite(tree: PyTree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def cohort_sums(
+    client_update: Callable[[PyTree, ClientBatch, jax.Array], ClientOutput],
+    aggregator: Aggregator,
+    params: PyTree,
+    agg_state: PyTree,
+    inputs: RoundInputs,
+    client_key: jax.Array,
+    chunk_size: int,
+) -> tuple[tuple[PyTree, jax.Array, dict], dict[str, jax.Array]]:
+    """Runs every client of the cohort and sums their contributions.
+
+    Clients run ``chunk_size`` at a time under ``vmap``; chunks run in sequence under
+    ``lax.scan`` that accumulates only the sums, so memory holds one chunk of per-client
+    parameter copies. Client ``i`` uses ``fold_in(client_key, client_ids[i])``, so results do
+    not depend on the client's slot or chunk.
+
+    A client whose update or loss is not finite contributes nothing (its mask becomes 0) and
+    is counted in ``nonfinite``.
+
+    Returns:
+        ``((total, total_weight, stats), per_client)`` with ``per_client`` holding
+        ``loss[C]``, ``steps[C]``, ``finite[C]``.
+    """
+    num_slots = inputs.count.shape[0]
+    if num_slots % chunk_size:
+        raise ValueError(f"cohort slots {num_slots} not a multiple of chunk_size {chunk_size}")
+    chunks = jax.tree.map(
+        lambda a: a.reshape((num_slots // chunk_size, chunk_size) + a.shape[1:]), inputs
+    )
+
+    def one_client(inp: RoundInputs):
+        key = jax.random.fold_in(client_key, inp.client_ids)
+        out = client_update(params, ClientBatch(inp.x, inp.y, inp.count), key)
+        finite = _tree_all_finite(out.update) & jnp.isfinite(out.loss)
+        update = jax.tree.map(lambda u: jnp.where(finite, u, 0.0), out.update)
+        mask = inp.client_mask * finite
+        contrib, weight, stats = aggregator.contribution(update, inp.count, mask, agg_state)
+        real = inp.client_mask > 0
+        per_client = {
+            "loss": jnp.where(real & finite, out.loss, 0.0),
+            "steps": out.steps * real,
+            "finite": finite | ~real,
+        }
+        return contrib, weight, stats, per_client
+
+    def run_chunk(acc, chunk):
+        contrib, weight, stats, per_client = jax.vmap(one_client)(chunk)
+        total, total_w, total_stats = acc
+        total = jax.tree.map(lambda a, c: a + jnp.sum(c, axis=0), total, contrib)
+        total_stats = {k: total_stats[k] + jnp.sum(v, axis=0) for k, v in stats.items()}
+        return (total, total_w + jnp.sum(weight), total_stats), per_client
+
+    # Shapes of the accumulators, from one client's abstract evaluation.
+    first = jax.tree.map(lambda a: a[0, 0], chunks)
+    contrib_shape, _, stats_shape, _ = jax.eval_shape(one_client, first)
+    zeros = lambda s: jnp.zeros(s.shape, s.dtype)
+    acc0 = (
+        jax.tree.map(zeros, contrib_shape),
+        jnp.zeros((), jnp.float32),
+        {k: zeros(v) for k, v in stats_shape.items()},
+    )
+    sums, per_client = jax.lax.scan(run_chunk, acc0, chunks)
+    per_client = jax.tree.map(lambda a: a.reshape((num_slots,) + a.shape[2:]), per_client)
+    return sums, per_client
+
+
+def make_round(
+    client_update: Callable[[PyTree, ClientBatch, jax.Array], ClientOutput],
+    aggregator: Aggregator,
+    server_opt: optax.GradientTransformation,
+    chunk_size: int,
+) -> Callable[[ServerState, RoundInputs, jax.Array], tuple[ServerState, dict[str, jax.Array]]]:
+    """Builds ``round_fn(state, inputs, key) -> (new_state, metrics)`` (not yet jitted).
+
+    The round: each client trains locally (:func:`cohort_sums`), the aggregator reduces the
+    sums to one mean update, and the server optimizer applies ``-mean_update`` as a
+    pseudo-gradient. ``key`` is the round key; it is split by purpose into client and
+    aggregation (noise) keys.
+    """
+
+    def round_fn(state: ServerState, inputs: RoundInputs, key: jax.Array):
+        client_key, agg_key = jax.random.split(key)
+        (total, total_w, stats), per_client = cohort_sums(
+            client_update, aggregator, state.params, state.agg_state, inputs, client_key,
+            chunk_size,
+        )
+        mean_update, agg_state, agg_metrics = aggregator.finalize(
+            total, total_w, stats, state.agg_state, agg_key
+        )
+        pseudo_grad = jax.tree.map(jnp.negative, mean_update)
+        updates, opt_state = server_opt.update(pseudo_grad, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        real = inputs.client_mask > 0
+        n_real = jnp.sum(real)
+        finite = per_client["finite"]
+        metrics = {
+            "train_loss": jnp.sum(per_client["loss"]) / jnp.maximum(jnp.sum(real & finite), 1),
+            "clients": n_real,
+            "nonfinite_clients": jnp.sum(real & ~finite),
+            "local_steps": jnp.sum(per_client["steps"]) / jnp.maximum(n_real, 1),
+            "update_norm": optax.global_norm(mean_update),
+            **agg_metrics,
+        }
+        return ServerState(params, opt_state, agg_state, state.round + 1), metrics
+
+    return round_fn

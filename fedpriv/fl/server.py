@@ -1,0 +1,42 @@
+"""Server optimizers (Reddi et al. 2021, "Adaptive Federated Optimization").
+
+The server treats the negated mean client update as a pseudo-gradient and applies an optax
+optimizer to it: SGD with learning rate 1 is FedAvg, SGD with momentum is FedAvgM, Adam is
+FedAdam and Yogi is FedYogi (with ``tau`` as the adaptivity epsilon).
+"""
+
+from __future__ import annotations
+
+import optax
+
+from fedpriv.errors import ConfigError
+
+ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
+
+
+def server_optimizer(
+    name: str,
+    lr: float = 1.0,
+    momentum: float = 0.9,
+    beta1: float = 0.9,
+    beta2: float = 0.99,
+    tau: float = 1e-3,
+) -> optax.GradientTransformation:
+    """Returns the optax transformation for the federated algorithm ``name``.
+
+    Args:
+        name: one of ``fedavg``, ``fedavgm``, ``fedadam``, ``fedyogi``.
+        lr: server learning rate (1.0 for plain FedAvg).
+        momentum: FedAvgM's server momentum.
+        beta1, beta2: FedAdam/FedYogi moment decays.
+        tau: adaptivity (the optimizer's epsilon), Reddi et al. 2021, Algorithm 2.
+    """
+    if name == "fedavg":
+        return optax.sgd(lr)
+    if name == "fedavgm":
+        return optax.sgd(lr, momentum=momentum)
+    if name == "fedadam":
+        return optax.adam(lr, b1=beta1, b2=beta2, eps=tau)
+    if name == "fedyogi":
+        return optax.yogi(lr, b1=beta1, b2=beta2, eps=tau)
+    raise ConfigError("algorithm.name", f"unknown algorithm {name!r}; choose from {list(ALGORITHMS)}")
