@@ -89,6 +89,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
     number(cfg, "rounds", low=1, integer=True)
     number(cfg, "eval_every", low=1, integer=True)
 
+    from fedpriv.data import available as available_datasets
+
+    choice(cfg, "dataset.name", tuple(available_datasets()))
     number(cfg, "dataset.num_clients", low=1, integer=True, required=False)
     number(cfg, "dataset.test_fraction", low=0, high=1, low_open=True, high_open=True,
            required=False)
@@ -117,7 +120,13 @@ def validate(cfg: Mapping[str, Any]) -> None:
     sampling = choice(cfg, "sampling.kind", SAMPLINGS)
     clients = _get(cfg, "dataset.num_clients")
     if sampling == "fixed":
-        number(cfg, "sampling.cohort_size", low=1, high=clients, integer=True)
+        size = number(cfg, "sampling.cohort_size", low=1, integer=True)
+        if clients is not None and size > int(clients):
+            raise ConfigError(
+                "sampling.cohort_size",
+                f"cohort of {size} is larger than the population (dataset.num_clients="
+                f"{clients}); allowed 1 to {clients}",
+            )
     else:
         number(cfg, "sampling.rate", low=0, high=1, low_open=True)
 
