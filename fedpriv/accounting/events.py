@@ -1,0 +1,700 @@
+"""Ledger records: one DP event per training round, and their dp_accounting events.
+
+Each training round appends one JSON object to ``ledger.jsonl``, written by the mechanism
+that ran (DESIGN.md section 4, rules 3 and 4). :class:`RoundEvent` is that record as a typed,
+validated, immutable value; :func:`to_dp_event` maps a ledger to the ``dp_accounting`` event
+that the accountants read. Epsilon is a pure function of the ledger.
+
+Format 1 of a record::
+
+    {"format": 1, "round": 7, "mechanism": "gaussian", "unit": "user",
+     "sampling": "poisson", "sampling_rate": 0.01, "population": 1000, "cohort_size": 10,
+     "noise_multiplier": 1.1, "clip_norm": 1.0, "noise_std": 1.1, "steps": 1,
+     "example_sampling_rate": null, "realised_cohort": 9}
+
+``noise_multiplier`` is the standard deviation of the Gaussian noise divided by the L2 norm
+bound (clip) of one contribution, i.e. by the add/remove-one sensitivity of the noised sum.
+``realised_cohort`` is informational and never used for accounting: with Poisson sampling the
+realised cohort size is itself private.
+
+With adaptive clipping (Andrew et al. 2021) a record also holds ``count_noise_std``
+(``sigma_b``, the noise on the sum of centred clip indicators ``b_i - 1/2``); then
+``noise_std / clip_norm`` is the update's own multiplier ``z_update`` and ``noise_multiplier``
+is the accounted multiplier of the pair, ``z = (z_update^-2 + (2 sigma_b)^-2)^-1/2``
+(Andrew et al. 2021, Theorem 1), which the record must satisfy.
+
+Mapping of a round to ``dp_accounting`` events (``z`` is ``noise_multiplier``):
+
+==========  ==========  ===================================================================
+unit        sampling    event, neighbouring relation
+==========  ==========  ===================================================================
+``user``    ``poisson`` ``PoissonSampledDpEvent(q, GaussianDpEvent(z))``, add/remove one
+                        client
+``user``    ``fixed``   ``SampledWithoutReplacementDpEvent(n, m, GaussianDpEvent(z / 2))``,
+                        replace one client (population size ``n`` public)
+``user``    ``full``    ``GaussianDpEvent(z)``, add/remove one client
+``example`` any         ``SelfComposedDpEvent(PoissonSampledDpEvent(q_ex,
+                        GaussianDpEvent(z)), steps)``, add/remove one example
+==========  ==========  ===================================================================
+
+Runs of consecutive rounds with the same accounting parameters are grouped into one
+``SelfComposedDpEvent`` so that a 10,000-round ledger costs the accountants one event.
+
+References:
+    Abadi et al., "Deep Learning with Differential Privacy", CCS 2016 (DP-SGD).
+    McMahan et al., "Learning Differentially Private Recurrent Language Models", ICLR 2018
+    (DP-FedAvg, user-level privacy).
+    Andrew et al., "Differentially Private Learning with Adaptive Clipping", NeurIPS 2021,
+    Theorem 1.
+    Mironov, "Renyi Differential Privacy", CSF 2017, Proposition 7 (Gaussian RDP).
+    Mironov, Talwar, Zhang, "Renyi Differential Privacy of the Sampled Gaussian Mechanism",
+    arXiv:1908.10530, 2019 (Poisson subsampling).
+    Wang, Balle, Kasiviswanathan, "Subsampled Renyi Differential Privacy and Analytical
+    Moments Accountant", AISTATS 2019, arXiv:1808.00087, Theorem 27 (sampling without
+    replacement).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from fedpriv.accounting import _checks
+from fedpriv.errors import ConfigError
+
+if TYPE_CHECKING:
+    import dp_accounting
+
+# dp_accounting is imported where events are built, not at module import: it pulls in most of
+# scipy (about a second), which command-line input checks should not wait for.
+
+#: The ledger format this module reads and writes.
+LEDGER_FORMAT = 1
+UNITS: tuple[str, ...] = ("user", "example")
+SAMPLINGS: tuple[str, ...] = ("poisson", "fixed", "full")
+MECHANISMS: tuple[str, ...] = ("gaussian",)
+
+#: Neighbouring relations, as names used in messages.
+ADD_REMOVE = "add/remove-one"
+REPLACE_ONE = "replace-one"
+
+_FIELDS: tuple[str, ...] = (
+    "format",
+    "round",
+    "mechanism",
+    "unit",
+    "sampling",
+    "sampling_rate",
+    "population",
+    "cohort_size",
+    "noise_multiplier",
+    "clip_norm",
+    "noise_std",
+    "steps",
+    "example_sampling_rate",
+    "realised_cohort",
+    "count_noise_std",
+)
+_REQUIRED: tuple[str, ...] = (
+    "format",
+    "round",
+    "mechanism",
+    "unit",
+    "sampling",
+    "noise_multiplier",
+)
+# Relative tolerance of the consistency checks between redundant fields; clip norms and noise
+# standard deviations reported by the round are float32.
+_RTOL = 1e-5
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RoundEvent:
+    """The DP event of one training round, as written to ``ledger.jsonl``.
+
+    Construction validates every field and the consistency of redundant ones (``noise_std``
+    against ``noise_multiplier * clip_norm``; ``sampling_rate`` against
+    ``cohort_size / population`` for fixed cohorts), raising :class:`ConfigError` naming the
+    field. Use :meth:`from_dict` / :meth:`to_dict` for the JSON form.
+
+    Attributes:
+        round: Round index (informational).
+        sampling: ``"poisson"``, ``"fixed"`` (exactly ``cohort_size`` of ``population``
+            clients, without replacement) or ``"full"`` (every client every round).
+        noise_multiplier: Noise standard deviation over the L2 clip of one contribution.
+        unit: Unit of privacy, ``"user"`` (one client's whole data) or ``"example"``.
+        sampling_rate: Poisson: client sampling probability in (0, 1]. Fixed: ``m / n``
+            (optional, checked). Full: 1 (optional, checked).
+        population: Number of clients ``n``; required for fixed cohorts.
+        cohort_size: Fixed: exact cohort size ``m``. Poisson: expected size (informational).
+        clip_norm: L2 clip ``C`` of one contribution (informational, checked).
+        noise_std: Standard deviation of the noise added to the sum (informational, checked).
+        steps: ``unit="user"``: 1. ``unit="example"``: local DP-SGD steps per client per round.
+        example_sampling_rate: ``unit="example"``: Poisson rate of examples per local step.
+        realised_cohort: Realised cohort size; never used for accounting.
+        count_noise_std: Adaptive clipping only: std ``sigma_b`` of the noise on the sum of
+            centred clip indicators (checked against ``noise_multiplier``, see the module
+            docstring).
+        mechanism: ``"gaussian"``.
+        format: Ledger format, 1.
+
+    Privacy:
+        A record states what ran; see :meth:`dp_event` for the guarantee it is accounted as.
+    """
+
+    round: int
+    sampling: str
+    noise_multiplier: float
+    unit: str = "user"
+    sampling_rate: float | None = None
+    population: int | None = None
+    cohort_size: float | None = None
+    clip_norm: float | None = None
+    noise_std: float | None = None
+    steps: int = 1
+    example_sampling_rate: float | None = None
+    realised_cohort: int | None = None
+    count_noise_std: float | None = None
+    mechanism: str = "gaussian"
+    format: int = LEDGER_FORMAT
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        fmt = _checks.integer("format", self.format, 1)
+        if fmt != LEDGER_FORMAT:
+            raise ConfigError(
+                "format",
+                f"must be {LEDGER_FORMAT} (the format this version reads), got {self.format!r}",
+            )
+        put("format", fmt)
+        put("round", _checks.integer("round", self.round, 0))
+        _checks.choice("mechanism", self.mechanism, MECHANISMS)
+        _checks.choice("unit", self.unit, UNITS)
+        _checks.choice("sampling", self.sampling, SAMPLINGS)
+        put("noise_multiplier", _checks.nonnegative("noise_multiplier", self.noise_multiplier))
+        put("steps", _checks.integer("steps", self.steps, 1))
+        if self.population is not None:
+            put("population", _checks.integer("population", self.population, 1))
+        if self.realised_cohort is not None:
+            put("realised_cohort", _checks.integer("realised_cohort", self.realised_cohort, 0))
+        if self.clip_norm is not None:
+            put("clip_norm", _checks.positive("clip_norm", self.clip_norm))
+        if self.noise_std is not None:
+            put("noise_std", _checks.nonnegative("noise_std", self.noise_std))
+        if self.count_noise_std is not None:
+            put("count_noise_std", _checks.positive("count_noise_std", self.count_noise_std))
+        if self.clip_norm is not None and self.noise_std is not None:
+            z_update = self._update_noise_multiplier()
+            expected = z_update * self.clip_norm
+            if not math.isclose(self.noise_std, expected, rel_tol=_RTOL, abs_tol=1e-12):
+                what = (
+                    "noise_multiplier * clip_norm"
+                    if self.count_noise_std is None
+                    else "z_update * clip_norm with z_update from noise_multiplier and "
+                    "count_noise_std"
+                )
+                raise ConfigError(
+                    "noise_std",
+                    f"is {self.noise_std!r} but {what} = {expected!r}; the record does not "
+                    "describe one mechanism",
+                )
+        self._check_sampling(put)
+        self._check_unit(put)
+
+    def _update_noise_multiplier(self) -> float:
+        """Noise multiplier of the update sum alone (differs only with adaptive clipping)."""
+        z = self.noise_multiplier
+        if self.count_noise_std is None or z == 0.0:
+            return z
+        rest = z**-2 - (2.0 * self.count_noise_std) ** -2
+        if rest <= 0.0:
+            raise ConfigError(
+                "count_noise_std",
+                f"{self.count_noise_std!r} is at most noise_multiplier / 2 = {z / 2!r}: the "
+                "clip-count noise alone exceeds the accounted noise",
+            )
+        return rest**-0.5
+
+    def _check_sampling(self, put: Any) -> None:
+        if self.sampling == "poisson":
+            if self.sampling_rate is None:
+                raise ConfigError("sampling_rate", "is required for sampling='poisson'")
+            put("sampling_rate", _checks.probability("sampling_rate", self.sampling_rate))
+            if self.cohort_size is not None:
+                put("cohort_size", _checks.nonnegative("cohort_size", self.cohort_size))
+        elif self.sampling == "fixed":
+            if self.population is None:
+                raise ConfigError("population", "is required for sampling='fixed'")
+            if self.cohort_size is None:
+                raise ConfigError("cohort_size", "is required for sampling='fixed'")
+            m = _checks.integer("cohort_size", self.cohort_size, 1)
+            if m > self.population:
+                raise ConfigError(
+                    "cohort_size",
+                    f"must be <= population ({self.population}) for sampling='fixed', got {m}",
+                )
+            put("cohort_size", m)
+            if self.sampling_rate is not None:
+                rate = _checks.probability("sampling_rate", self.sampling_rate)
+                if not math.isclose(rate, m / self.population, rel_tol=_RTOL):
+                    raise ConfigError(
+                        "sampling_rate",
+                        f"is {rate!r} but cohort_size / population = {m / self.population!r}",
+                    )
+                put("sampling_rate", rate)
+        else:  # full participation
+            if self.sampling_rate is not None:
+                rate = _checks.probability("sampling_rate", self.sampling_rate)
+                if rate != 1.0:
+                    raise ConfigError(
+                        "sampling_rate", f"must be 1 for sampling='full', got {rate!r}"
+                    )
+                put("sampling_rate", rate)
+            if self.cohort_size is not None:
+                m = _checks.integer("cohort_size", self.cohort_size, 1)
+                if self.population is not None and m != self.population:
+                    raise ConfigError(
+                        "cohort_size",
+                        f"must equal population ({self.population}) for sampling='full', got {m}",
+                    )
+                put("cohort_size", m)
+
+    def _check_unit(self, put: Any) -> None:
+        if self.unit == "user":
+            if self.steps != 1:
+                raise ConfigError("steps", f"must be 1 for unit='user', got {self.steps}")
+            if self.example_sampling_rate is not None:
+                raise ConfigError(
+                    "example_sampling_rate",
+                    f"must be null for unit='user', got {self.example_sampling_rate!r}",
+                )
+        else:
+            if self.example_sampling_rate is None:
+                raise ConfigError("example_sampling_rate", "is required for unit='example'")
+            put(
+                "example_sampling_rate",
+                _checks.probability("example_sampling_rate", self.example_sampling_rate),
+            )
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> RoundEvent:
+        """Reads one ledger record (a parsed JSON object).
+
+        Raises:
+            ConfigError: a required field is missing, a field is unknown to format 1, or a
+                value is invalid.
+        """
+        if not isinstance(record, Mapping):
+            raise ConfigError("record", f"must be a JSON object, got {type(record).__name__}")
+        unknown = sorted(set(record) - set(_FIELDS))
+        if unknown:
+            raise ConfigError(
+                unknown[0],
+                f"is not a field of ledger format {LEDGER_FORMAT} (fields: {', '.join(_FIELDS)})",
+            )
+        for name in _REQUIRED:
+            if name not in record:
+                raise ConfigError(name, "is required in every ledger record")
+        kwargs = {k: v for k, v in record.items() if v is not None}
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, with every field of format 1 in ledger order (``count_noise_std``
+        only when set)."""
+        out = {name: getattr(self, name) for name in _FIELDS}
+        if out["count_noise_std"] is None:
+            del out["count_noise_std"]
+        return out
+
+    @property
+    def neighboring_relation(self) -> str:
+        """:data:`REPLACE_ONE` for user-level fixed cohorts, else :data:`ADD_REMOVE`."""
+        if self.unit == "user" and self.sampling == "fixed":
+            return REPLACE_ONE
+        return ADD_REMOVE
+
+    def accounting_key(self) -> tuple[Any, ...]:
+        """The parameters the privacy cost depends on; equal keys mean equal events."""
+        z = self.noise_multiplier
+        if self.unit == "example":
+            return ("example", z, self.steps, self.example_sampling_rate)
+        if self.sampling == "poisson":
+            return ("user", "poisson", self.sampling_rate, z)
+        if self.sampling == "fixed":
+            return ("user", "fixed", self.population, int(self.cohort_size), z)
+        return ("user", "full", z)
+
+    def dp_event(self) -> dp_accounting.DpEvent:
+        """The ``dp_accounting`` event of this round.
+
+        Returns:
+            See the table in the module docstring.
+
+        Privacy:
+            * ``unit="user"``, ``sampling="poisson"``: each client joins with probability
+              ``q``; the sum of updates clipped to ``C`` gets ``N(0, (z C)^2)`` noise. Under
+              add/remove-one-client adjacency the sum's sensitivity is ``C``, so the round is
+              the Poisson subsampled Gaussian mechanism with noise multiplier ``z``
+              (Mironov, Talwar, Zhang 2019; McMahan et al. 2018).
+            * ``unit="user"``, ``sampling="fixed"``: ``m`` of ``n`` clients uniformly without
+              replacement. Sampling without replacement is analysed under replace-one-client
+              adjacency with ``n`` public (Wang, Balle, Kasiviswanathan 2019, Theorem 27).
+              That theorem takes the RDP of the base mechanism under replace-one; replacing
+              one client's update ``u`` by ``u'``, both clipped to ``C``, moves the sum by up
+              to ``||u - u'|| <= 2C``, so the base Gaussian's RDP is
+              ``alpha (2C)^2 / (2 (zC)^2) = alpha / (2 (z/2)^2)`` (Mironov 2017, Prop. 7): the
+              RDP of ``GaussianDpEvent(z / 2)`` in dp_accounting's units of sensitivity 1.
+              dp_accounting's ``_compute_rdp_sample_wor_gaussian_int`` builds the bound from
+              the Gaussian cumulant ``x (x + 1) / (2 sigma^2)``, i.e. from
+              ``sigma = z / 2``. Only the ``rdp`` accountant analyses this event.
+            * ``unit="user"``, ``sampling="full"``: every client every round; the Gaussian
+              mechanism with noise multiplier ``z`` under add/remove-one-client adjacency.
+            * Adaptive clipping (``count_noise_std`` set): the update sum and the noised
+              clip count together are one Gaussian mechanism with multiplier ``z``
+              (Andrew et al. 2021, Theorem 1); under replace-one both sensitivities double,
+              so the ``z / 2`` reading above holds for the pair too.
+            * ``unit="example"``: ``steps`` local DP-SGD steps, each Poisson-sampling examples
+              with rate ``q_ex`` and adding ``N(0, (z C)^2)`` to the sum of per-example
+              gradients clipped to ``C`` (Abadi et al. 2016), under add/remove-one-example
+              adjacency. The amplification by client sampling is conservatively ignored:
+              the bound holds as if the example's client took part in every round.
+        """
+        from dp_accounting import dp_event
+
+        z = self.noise_multiplier
+        if self.unit == "example":
+            step = dp_event.PoissonSampledDpEvent(
+                self.example_sampling_rate, dp_event.GaussianDpEvent(z)
+            )
+            return dp_event.SelfComposedDpEvent(step, self.steps)
+        if self.sampling == "poisson":
+            return dp_event.PoissonSampledDpEvent(self.sampling_rate, dp_event.GaussianDpEvent(z))
+        if self.sampling == "fixed":
+            return dp_event.SampledWithoutReplacementDpEvent(
+                self.population, int(self.cohort_size), dp_event.GaussianDpEvent(z / 2.0)
+            )
+        return dp_event.GaussianDpEvent(z)
+
+    def opacus_steps(self) -> tuple[float, float, int]:
+        """This round as opacus accountant history ``(noise_multiplier, sample_rate, steps)``.
+
+        Opacus accountants analyse only Poisson subsampled Gaussian steps under add/remove
+        adjacency; full participation is Poisson sampling with rate 1.
+
+        Raises:
+            ConfigError: for fixed-size cohorts (replace-one adjacency).
+        """
+        z = self.noise_multiplier
+        if self.unit == "example":
+            return (z, self.example_sampling_rate, self.steps)
+        if self.sampling == "poisson":
+            return (z, self.sampling_rate, 1)
+        if self.sampling == "full":
+            return (z, 1.0, 1)
+        raise ConfigError(
+            "sampling",
+            "'fixed' (sampling without replacement, replace-one adjacency) is not supported "
+            "by the opacus accountants; accountants that support it: rdp",
+        )
+
+
+EventLike = RoundEvent | Mapping[str, Any]
+
+
+def as_events(events: Iterable[EventLike]) -> list[RoundEvent]:
+    """Reads a ledger (records or :class:`RoundEvent`s) into validated :class:`RoundEvent`s.
+
+    Also checks that the ledger accounts one unit of privacy under one neighbouring relation.
+
+    Raises:
+        ConfigError: naming ``ledger[i].<field>`` for a bad record, or ``events`` for a ledger
+            that mixes units or neighbouring relations.
+    """
+    if isinstance(events, (str, bytes, Mapping)):
+        raise ConfigError("events", "must be a sequence of ledger records")
+    out: list[RoundEvent] = []
+    for i, rec in enumerate(events):
+        if isinstance(rec, RoundEvent):
+            out.append(rec)
+            continue
+        try:
+            out.append(RoundEvent.from_dict(rec))
+        except ConfigError as err:
+            raise ConfigError(f"ledger[{i}].{err.field}", err.message) from None
+        except TypeError as err:  # wrong argument types that dataclass init rejects
+            raise ConfigError(f"ledger[{i}]", str(err)) from None
+    check_homogeneous(out)
+    return out
+
+
+def check_homogeneous(events: Sequence[RoundEvent]) -> None:
+    """Raises :class:`ConfigError` if a ledger mixes units of privacy or relations.
+
+    An epsilon is a statement about one neighbouring relation; add/remove-one and
+    replace-one guarantees do not compose into either without a further argument.
+    """
+    if not events:
+        return
+    first = events[0]
+    for i, ev in enumerate(events):
+        if ev.unit != first.unit:
+            raise ConfigError(
+                "events",
+                f"ledger[{i}] has unit={ev.unit!r} but ledger[0] has unit={first.unit!r}; "
+                "one ledger accounts one unit of privacy",
+            )
+        if ev.neighboring_relation != first.neighboring_relation:
+            raise ConfigError(
+                "events",
+                f"ledger[{i}] (sampling={ev.sampling!r}, {ev.neighboring_relation} adjacency) "
+                f"mixes with ledger[0] (sampling={first.sampling!r}, "
+                f"{first.neighboring_relation} adjacency); account them separately",
+            )
+
+
+def group_events(events: Iterable[EventLike]) -> list[tuple[RoundEvent, int]]:
+    """Groups consecutive rounds with equal :meth:`RoundEvent.accounting_key`.
+
+    Returns:
+        ``[(first event of the run, run length), ...]`` in ledger order.
+    """
+    groups: list[tuple[RoundEvent, int]] = []
+    last_key = None
+    for ev in as_events(events):
+        key = ev.accounting_key()
+        if groups and key == last_key:
+            groups[-1] = (groups[-1][0], groups[-1][1] + 1)
+        else:
+            groups.append((ev, 1))
+            last_key = key
+    return groups
+
+
+def groups_to_dp_event(groups: Sequence[tuple[RoundEvent, int]]) -> dp_accounting.DpEvent:
+    """The composition of grouped rounds as one ``dp_accounting`` event."""
+    from dp_accounting import dp_event
+
+    parts = [dp_event.SelfComposedDpEvent(ev.dp_event(), count) for ev, count in groups]
+    if not parts:
+        return dp_event.NoOpDpEvent()
+    if len(parts) == 1:
+        return parts[0]
+    return dp_event.ComposedDpEvent(parts)
+
+
+def to_dp_event(events: Iterable[EventLike]) -> dp_accounting.DpEvent:
+    """The ``dp_accounting`` event of a whole ledger (grouped, see :func:`group_events`).
+
+    Privacy:
+        The composition of the rounds' events (:meth:`RoundEvent.dp_event`) under the
+        ledger's neighbouring relation (:func:`neighboring_relation`).
+    """
+    return groups_to_dp_event(group_events(events))
+
+
+def neighboring_relation(events: Iterable[EventLike]) -> dp_accounting.NeighboringRelation:
+    """The ``dp_accounting`` neighbouring relation a ledger is accounted under."""
+    import dp_accounting
+
+    evs = as_events(events)
+    if evs and evs[0].neighboring_relation == REPLACE_ONE:
+        return dp_accounting.NeighboringRelation.REPLACE_ONE
+    return dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+
+
+# --------------------------------------------------------------------------- plan builders
+
+
+def _repeat(template: RoundEvent, rounds: int, first_round: int) -> list[RoundEvent]:
+    # The template is validated once; copies differ only in the round index.
+    out = []
+    for r in range(first_round, first_round + rounds):
+        ev = copy.copy(template)
+        object.__setattr__(ev, "round", r)
+        out.append(ev)
+    return out
+
+
+def plan_events(
+    noise_multiplier: float,
+    rounds: int,
+    *,
+    sampling: str = "poisson",
+    sampling_rate: float | None = None,
+    population: int | None = None,
+    cohort_size: int | None = None,
+    steps: int = 1,
+    example_sampling_rate: float | None = None,
+    unit: str = "user",
+    clip_norm: float | None = None,
+    first_round: int = 0,
+) -> list[RoundEvent]:
+    """The ledger a training plan will write: ``rounds`` identical rounds.
+
+    Args:
+        noise_multiplier: Noise standard deviation over the clip norm.
+        rounds: Number of rounds ``T >= 1``.
+        sampling: ``"poisson"``, ``"fixed"`` or ``"full"``.
+        sampling_rate: Poisson client sampling probability in (0, 1].
+        population: Number of clients ``n`` (required for ``"fixed"``).
+        cohort_size: Cohort size ``m`` (required for ``"fixed"``).
+        steps: Local DP-SGD steps per round (``unit="example"``).
+        example_sampling_rate: Poisson rate of examples per local step (``unit="example"``).
+        unit: ``"user"`` or ``"example"``.
+        clip_norm: Clip ``C``; when given, ``noise_std = noise_multiplier * C`` is recorded.
+        first_round: Index of the first round.
+
+    Returns:
+        A list of ``rounds`` :class:`RoundEvent`.
+
+    Raises:
+        ConfigError: naming the argument that is invalid.
+
+    Privacy:
+        See :meth:`RoundEvent.dp_event`.
+    """
+    rounds = _checks.integer("rounds", rounds, 1)
+    first_round = _checks.integer("first_round", first_round, 0)
+    _checks.choice("sampling", sampling, SAMPLINGS)
+    _checks.choice("unit", unit, UNITS)
+    if sampling == "poisson" and sampling_rate is not None and population is not None:
+        cohort = _checks.probability("sampling_rate", sampling_rate) * _checks.integer(
+            "population", population, 1
+        )
+    elif sampling == "full" and population is not None:
+        cohort = population
+    else:
+        cohort = cohort_size
+    if sampling == "fixed" and population is not None and cohort_size is not None:
+        # Validate cohort_size before the derived sampling rate to name the right field.
+        m = _checks.integer("cohort_size", cohort_size, 1)
+        n = _checks.integer("population", population, 1)
+        rate = m / n if m <= n else None
+    elif sampling == "full":
+        rate = 1.0
+    else:
+        rate = sampling_rate
+    noise_std = None
+    if clip_norm is not None:
+        noise_std = _checks.nonnegative("noise_multiplier", noise_multiplier) * _checks.positive(
+            "clip_norm", clip_norm
+        )
+    template = RoundEvent(
+        round=first_round,
+        sampling=sampling,
+        noise_multiplier=noise_multiplier,
+        unit=unit,
+        sampling_rate=rate,
+        population=population,
+        cohort_size=cohort,
+        clip_norm=clip_norm,
+        noise_std=noise_std,
+        steps=steps,
+        example_sampling_rate=example_sampling_rate if unit == "example" else None,
+    )
+    return _repeat(template, rounds, first_round)
+
+
+def poisson_events(
+    sampling_rate: float,
+    noise_multiplier: float,
+    rounds: int,
+    *,
+    population: int | None = None,
+    clip_norm: float | None = None,
+) -> list[RoundEvent]:
+    """``rounds`` user-level rounds of Poisson client sampling with rate ``sampling_rate``.
+
+    Privacy:
+        ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` per round, add/remove one client.
+    """
+    return plan_events(
+        noise_multiplier,
+        rounds,
+        sampling="poisson",
+        sampling_rate=sampling_rate,
+        population=population,
+        clip_norm=clip_norm,
+    )
+
+
+def fixed_cohort_events(
+    population: int,
+    cohort_size: int,
+    noise_multiplier: float,
+    rounds: int,
+    *,
+    clip_norm: float | None = None,
+) -> list[RoundEvent]:
+    """``rounds`` user-level rounds of ``cohort_size`` of ``population`` clients without
+    replacement.
+
+    Privacy:
+        ``SampledWithoutReplacementDpEvent(n, m, GaussianDpEvent(z / 2))`` per round,
+        replace one client; see :meth:`RoundEvent.dp_event` for the factor 1/2.
+    """
+    return plan_events(
+        noise_multiplier,
+        rounds,
+        sampling="fixed",
+        population=population,
+        cohort_size=cohort_size,
+        clip_norm=clip_norm,
+    )
+
+
+def full_participation_events(
+    noise_multiplier: float,
+    rounds: int,
+    *,
+    population: int | None = None,
+    clip_norm: float | None = None,
+) -> list[RoundEvent]:
+    """``rounds`` user-level rounds in which every client takes part.
+
+    Privacy:
+        ``GaussianDpEvent(z)`` per round, add/remove one client.
+    """
+    return plan_events(
+        noise_multiplier, rounds, sampling="full", population=population, clip_norm=clip_norm
+    )
+
+
+def example_dp_events(
+    noise_multiplier: float,
+    steps: int,
+    example_sampling_rate: float,
+    rounds: int,
+    *,
+    sampling: str = "full",
+    sampling_rate: float | None = None,
+    population: int | None = None,
+    cohort_size: int | None = None,
+    clip_norm: float | None = None,
+) -> list[RoundEvent]:
+    """``rounds`` rounds of example-level DP-SGD inside each client (``steps`` local steps).
+
+    The client sampling arguments are recorded but do not enter the accounting.
+
+    Privacy:
+        ``SelfComposedDpEvent(PoissonSampledDpEvent(q_ex, GaussianDpEvent(z)), steps)`` per
+        round, add/remove one example, ignoring amplification by client sampling
+        (conservative).
+    """
+    return plan_events(
+        noise_multiplier,
+        rounds,
+        sampling=sampling,
+        sampling_rate=sampling_rate,
+        population=population,
+        cohort_size=cohort_size,
+        steps=steps,
+        example_sampling_rate=example_sampling_rate,
+        unit="example",
+        clip_norm=clip_norm,
+    )
