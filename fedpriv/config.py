@@ -18,6 +18,8 @@ ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 SAMPLINGS = ("fixed", "poisson")
 CLIENT_OPTIMIZERS = ("sgd", "adam")
+PRIVACY = ("none", "user_dp", "user_dp_adaptive", "example_dp")
+ACCOUNTANTS = ("rdp", "pld", "prv", "opacus_rdp")
 
 
 def _get(cfg: Mapping[str, Any], path: str, default: Any = None) -> Any:
@@ -39,9 +41,17 @@ def _require(cfg: Mapping[str, Any], path: str) -> Any:
 _MISSING = object()
 
 
-def number(cfg: Mapping[str, Any], path: str, *, low: float | None = None,
-           high: float | None = None, low_open: bool = False, high_open: bool = False,
-           integer: bool = False, required: bool = True) -> float | int | None:
+def number(
+    cfg: Mapping[str, Any],
+    path: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    required: bool = True,
+) -> float | int | None:
     """Reads ``path`` as a number and checks it lies in the stated range.
 
     Raises:
@@ -93,8 +103,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
     choice(cfg, "dataset.name", tuple(available_datasets()))
     number(cfg, "dataset.num_clients", low=1, integer=True, required=False)
-    number(cfg, "dataset.test_fraction", low=0, high=1, low_open=True, high_open=True,
-           required=False)
+    number(
+        cfg, "dataset.test_fraction", low=0, high=1, low_open=True, high_open=True, required=False
+    )
     kind = choice(cfg, "dataset.partition.kind", PARTITIONS)
     if kind == "dirichlet":
         number(cfg, "dataset.partition.alpha", low=0, low_open=True)
@@ -129,6 +140,35 @@ def validate(cfg: Mapping[str, Any]) -> None:
             )
     else:
         number(cfg, "sampling.rate", low=0, high=1, low_open=True)
+
+    privacy = choice(cfg, "privacy.name", PRIVACY)
+    if privacy != "none":
+        number(cfg, "privacy.clip_norm", low=0, low_open=True)
+        noise = _get(cfg, "privacy.noise_multiplier")
+        target = _get(cfg, "privacy.target_epsilon")
+        if noise is not None and target is not None:
+            raise ConfigError(
+                "privacy.noise_multiplier",
+                f"set either a noise multiplier ({noise}) or privacy.target_epsilon ({target}), "
+                "not both",
+            )
+        if target is None:
+            number(cfg, "privacy.noise_multiplier", low=0)
+        else:
+            number(cfg, "privacy.target_epsilon", low=0, low_open=True)
+        number(cfg, "privacy.delta", low=0, high=1, low_open=True, high_open=True, required=False)
+        number(cfg, "privacy.stop_at_epsilon", low=0, low_open=True, required=False)
+        accountant = _get(cfg, "privacy.accountant")
+        if accountant is not None:
+            choice(cfg, "privacy.accountant", ACCOUNTANTS)
+    if privacy == "user_dp_adaptive":
+        number(
+            cfg, "privacy.adaptive.target_quantile", low=0, high=1, low_open=True, high_open=True
+        )
+        number(cfg, "privacy.adaptive.learning_rate", low=0, low_open=True)
+        number(cfg, "privacy.adaptive.count_noise_std", low=0, low_open=True, required=False)
+    if privacy == "example_dp":
+        number(cfg, "privacy.example_sampling_rate", low=0, high=1, low_open=True, required=False)
 
     chunk = _get(cfg, "execution.chunk_size", "auto")
     if chunk not in (None, "auto"):

@@ -43,8 +43,8 @@ def expand_sweep(overrides: list[str]) -> list[list[str]] | None:
 
     Returns None for sweeps the basic expansion cannot enumerate (e.g. Optuna intervals).
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)

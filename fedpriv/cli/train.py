@@ -34,16 +34,64 @@ def _train(cfg: DictConfig) -> float | None:
     except ConfigError as err:
         fail(str(err))
     acc = summary["final"].get("test_accuracy")
-    print(f"test accuracy {acc:.4f} after {summary['rounds']} rounds "
-          f"({summary['wall_seconds']:.1f} s); run directory: {run_dir}", flush=True)
+    print(final_line(summary, run_dir), flush=True)
     return acc
+
+
+def final_line(summary: dict, run_dir: str) -> str:
+    """The closing line: accuracy, the privacy spent, and where the run is."""
+    acc = summary["final"].get("test_accuracy", float("nan"))
+    head = f"test accuracy {acc:.4f} after {summary['rounds']} rounds"
+    if "epsilon" in summary:
+        eps = summary["epsilon"]
+        main = summary["accountant"]
+        others = ", ".join(f"{k} {v:.3g}" for k, v in eps.items() if k != main)
+        head += (
+            f" at epsilon {eps[main]:.3f} ({main}; {others}), delta {summary['delta']:.0e}"
+            f", {summary['privacy']['unit']}-level DP"
+        )
+    else:
+        head += " without differential privacy"
+    return f"{head} ({summary['wall_seconds']:.1f} s); run directory: {run_dir}"
+
+
+def _override_key(arg: str) -> str:
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
+def noise_or_target(argv: list[str]) -> list[str]:
+    """A noise multiplier given on the command line replaces the preset's target epsilon.
+
+    The privacy presets calibrate to ``target_epsilon`` by default; a user who types
+    ``privacy.noise_multiplier=Z`` (and no target) asks for that fixed noise, so
+    ``privacy.target_epsilon=null`` is added to the overrides (and recorded by Hydra).
+    """
+    keys = {_override_key(a) for a in argv if "=" in a and not a.startswith("-")}
+    if "privacy.noise_multiplier" in keys and "privacy.target_epsilon" not in keys:
+        return [*argv, "privacy.target_epsilon=null"]
+    return argv
 
 
 def main() -> None:
     """Console entry point: validates the command line, then hands it to Hydra."""
-    argv = sys.argv[1:]
-    if not any(a in ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c",
-                     "--shell-completion", "-sc") or a.startswith("--cfg") for a in argv):
+    argv = noise_or_target(sys.argv[1:])
+    sys.argv = [sys.argv[0], *argv]
+    if not any(
+        a
+        in (
+            "-h",
+            "--help",
+            "--hydra-help",
+            "--info",
+            "-i",
+            "--cfg",
+            "-c",
+            "--shell-completion",
+            "-sc",
+        )
+        or a.startswith("--cfg")
+        for a in argv
+    ):
         try:
             from fedpriv.cli._hydra import check_command_line
 

@@ -129,7 +129,9 @@ def make_client_update(
     return client_update
 
 
-def make_client_optimizer(name: str, lr: float, momentum: float = 0.0) -> optax.GradientTransformation:
+def make_client_optimizer(
+    name: str, lr: float, momentum: float = 0.0
+) -> optax.GradientTransformation:
     """The client's local optimizer: ``sgd`` (with optional momentum) or ``adam``."""
     from fedpriv.errors import ConfigError
 
@@ -137,4 +139,6 @@ def make_client_optimizer(name: str, lr: float, momentum: float = 0.0) -> optax.
         return optax.sgd(lr, momentum=momentum or None)
     if name == "adam":
         return optax.adam(lr)
-    raise ConfigError("client.optimizer", f"unknown optimizer {name!r}; choose from ['sgd', 'adam']")
+    raise ConfigError(
+        "client.optimizer", f"unknown optimizer {name!r}; choose from ['sgd', 'adam']"
+    )

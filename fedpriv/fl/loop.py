@@ -26,11 +26,12 @@ import numpy as np
 from fedpriv import data as data_lib
 from fedpriv import models
 from fedpriv.fl import planner
-from fedpriv.fl.aggregators import weighted_mean
-from fedpriv.fl.client import make_client_optimizer, make_client_update
+from fedpriv.fl.client import make_client_optimizer
 from fedpriv.fl.round import RoundInputs, ServerState, init_server_state, make_round
 from fedpriv.fl.sampling import build_sampler
 from fedpriv.fl.server import server_optimizer
+from fedpriv.privacy.ledger import LedgerWriter
+from fedpriv.privacy.plan import PrivacyPlan, build_plan
 
 # Purposes of the keys split from the root seed (DESIGN.md, rule 5).
 KEY_DATA, KEY_INIT, KEY_SAMPLING, KEY_ROUND = 0, 1, 2, 3
@@ -64,7 +65,7 @@ class Experiment:
     n_cap: int
     round_fn: Callable[[ServerState, RoundInputs, jax.Array], tuple[ServerState, dict]]
     state: ServerState
-    aggregator: Any
+    privacy: PrivacyPlan
 
     def sampling_key(self, rnd: int) -> jax.Array:
         return jax.random.fold_in(purpose_key(self.cfg["seed"], KEY_SAMPLING), rnd)
@@ -75,8 +76,9 @@ class Experiment:
     def cohort(self, rnd: int) -> RoundInputs:
         """Samples and gathers round ``rnd``'s cohort, padded to the plan's slots."""
         ids, mask = self.sampler.sample(self.sampling_key(rnd))
-        slots = max(self.plan.slots, math.ceil(len(ids) / self.plan.chunk_size)
-                    * self.plan.chunk_size)
+        slots = max(
+            self.plan.slots, math.ceil(len(ids) / self.plan.chunk_size) * self.plan.chunk_size
+        )
         pad = slots - len(ids)
         ids = np.concatenate([ids, np.zeros(pad, ids.dtype)])
         mask = np.concatenate([mask, np.zeros(pad, bool)])
@@ -110,29 +112,42 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         samp["kind"], data.train.num_clients, samp.get("cohort_size"), samp.get("rate")
     )
     client_opt = make_client_optimizer(
-        cfg["client"]["optimizer"], float(cfg["client"]["lr"]),
+        cfg["client"]["optimizer"],
+        float(cfg["client"]["lr"]),
         float(cfg["client"].get("momentum") or 0.0),
     )
-    client_update = make_client_update(
-        model.apply, client_opt, int(cfg["client"]["epochs"]), int(cfg["client"]["batch_size"]),
+    privacy = build_plan(
+        cfg.get("privacy") or {"name": "none"}, sampler, sizes, cfg["client"], int(cfg["rounds"])
+    )
+    client_update = privacy.client_update(
+        model.apply,
+        client_opt,
+        int(cfg["client"]["epochs"]),
+        int(cfg["client"]["batch_size"]),
         n_cap,
     )
     alg = cfg["algorithm"]
     server_opt = server_optimizer(
-        alg["name"], float(alg["server_lr"]), float(alg.get("server_momentum") or 0.9),
-        float(alg.get("beta1") or 0.9), float(alg.get("beta2") or 0.99),
+        alg["name"],
+        float(alg["server_lr"]),
+        float(alg.get("server_momentum") or 0.9),
+        float(alg.get("beta1") or 0.9),
+        float(alg.get("beta2") or 0.99),
         float(alg.get("tau") or 1e-3),
     )
-    aggregator = weighted_mean(alg.get("weighting", "count"))
+    aggregator = privacy.aggregator(alg.get("weighting", "count"))
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     example_bytes = int(np.prod(data.example_shape)) * data.train.x.dtype.itemsize
     exec_plan = planner.plan(
-        sampler.capacity, num_params, example_bytes, n_cap,
+        sampler.capacity,
+        num_params,
+        example_bytes,
+        n_cap,
         (cfg.get("execution") or {}).get("chunk_size", "auto"),
     )
     round_fn = jax.jit(make_round(client_update, aggregator, server_opt, exec_plan.chunk_size))
     state = init_server_state(params, server_opt, aggregator)
-    return Experiment(cfg, data, model, sampler, exec_plan, n_cap, round_fn, state, aggregator)
+    return Experiment(cfg, data, model, sampler, exec_plan, n_cap, round_fn, state, privacy)
 
 
 @jax.jit
@@ -143,15 +158,16 @@ def _eval_batch(logits: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     return loss, (jnp.argmax(logits, -1) == y).sum()
 
 
-def evaluate(model: Any, params: Any, x: np.ndarray, y: np.ndarray,
-             batch_size: int = 2048) -> dict[str, float]:
+def evaluate(
+    model: Any, params: Any, x: np.ndarray, y: np.ndarray, batch_size: int = 2048
+) -> dict[str, float]:
     """Test loss and accuracy of ``params`` on ``(x, y)``."""
     apply = _jitted_apply(model)
     loss = correct = 0.0
     for lo in range(0, len(y), batch_size):
-        logits = apply(params, x[lo:lo + batch_size])
-        l, c = _eval_batch(logits, y[lo:lo + batch_size])
-        loss += float(l)
+        logits = apply(params, x[lo : lo + batch_size])
+        batch_loss, c = _eval_batch(logits, y[lo : lo + batch_size])
+        loss += float(batch_loss)
         correct += float(c)
     n = max(len(y), 1)
     return {"test_loss": loss / n, "test_accuracy": correct / n}
@@ -181,8 +197,17 @@ def package_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
-    for name in ("fedpriv", "jax", "jaxlib", "flax", "optax", "numpy", "hydra-core",
-                 "dp-accounting", "opacus"):
+    for name in (
+        "fedpriv",
+        "jax",
+        "jaxlib",
+        "flax",
+        "optax",
+        "numpy",
+        "hydra-core",
+        "dp-accounting",
+        "opacus",
+    ):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -190,8 +215,24 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _final_epsilons(plan: PrivacyPlan, ledger: list[dict]) -> dict[str, float]:
+    """Epsilon of the whole ledger under every accountant that supports it."""
+    from fedpriv import accounting
+
+    if not ledger:
+        return {}
+    out = {}
+    for name in accounting.supported_accountants(ledger):
+        out[name] = float(accounting.epsilon(ledger, plan.delta, name))
+    return out
+
+
 def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = True) -> dict:
-    """Trains as configured and writes ``metrics.jsonl`` and ``summary.json`` in ``run_dir``.
+    """Trains as configured and writes the run directory.
+
+    Writes ``metrics.jsonl`` (a line per round, with ``epsilon`` spent so far under DP),
+    ``ledger.jsonl`` (one DP event per round, appended by the privacy plan that ran; absent
+    without DP) and ``summary.json``.
 
     Args:
         cfg: a validated configuration (plain dicts).
@@ -203,16 +244,31 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
     """
     from tqdm.auto import tqdm
 
+    from fedpriv import accounting
+
     start = time.time()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     exp = build(cfg)
+    plan = exp.privacy
     rounds, eval_every = int(cfg["rounds"]), int(cfg["eval_every"])
+    stop_at = (cfg.get("privacy") or {}).get("stop_at_epsilon")
+    tracker = accounting.EpsilonTracker(plan.delta, plan.accountant) if plan.is_private else None
+    ledger = LedgerWriter(run_dir) if plan.is_private else None
+    ledger_records: list[dict] = []
     state = exp.state
     last_eval: dict[str, float] = {}
     compile_start = time.time()
-    bar = tqdm(total=rounds, desc="fedpriv", unit="round", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    compile_s = 0.0
+    record: dict[str, Any] = {}
+    bar = tqdm(
+        total=rounds,
+        desc="fedpriv",
+        unit="round",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     with open(run_dir / "metrics.jsonl", "w") as metrics_file:
         batch = exp.cohort(1)
         for rnd in range(1, rounds + 1):
@@ -221,6 +277,11 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
             if rnd < rounds:  # gathered while the device computes this round
                 batch = exp.cohort(rnd + 1)
             record = {"round": rnd, **_to_python(metrics)}
+            event = plan.ledger_record(rnd, record)
+            if event is not None:
+                ledger.append(event)
+                ledger_records.append(event)
+                record["epsilon"] = tracker.add(event)
             if rnd % eval_every == 0 or rnd == rounds:
                 last_eval = exp.evaluate(state.params)
                 record.update(last_eval)
@@ -233,23 +294,38 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
             post = {"loss": f"{record['train_loss']:.3f}" if record["train_loss"] else "nan"}
             if last_eval:
                 post["acc"] = f"{last_eval['test_accuracy']:.3f}"
+            if "epsilon" in record:
+                post["eps"] = f"{record['epsilon']:.2f}"
             bar.set_postfix(post)
+            if stop_at is not None and record.get("epsilon", 0.0) >= float(stop_at):
+                if rnd % eval_every and rnd != rounds:
+                    last_eval = exp.evaluate(state.params)
+                break
         bar.close()
+    if ledger is not None:
+        ledger.close()
     exp.state = state
     wall = time.time() - start
     summary = {
-        "rounds": rounds,
+        "rounds": int(record.get("round", 0)),
+        "planned_rounds": rounds,
         "final": last_eval,
-        "train_loss": record["train_loss"],
+        "train_loss": record.get("train_loss"),
         "wall_seconds": round(wall, 3),
         "compile_seconds": round(compile_s, 3),
         "rounds_per_second": round(rounds / max(wall, 1e-9), 3),
         "population": exp.data.train.num_clients,
         "sampling": {"kind": exp.sampler.kind, "expected_cohort": exp.sampler.expected_size},
+        "privacy": plan.describe(),
         "execution": dataclasses.asdict(exp.plan),
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "versions": package_versions(),
     }
+    if plan.is_private:
+        summary["epsilon"] = _final_epsilons(plan, ledger_records)
+        summary["delta"] = plan.delta
+        summary["accountant"] = plan.accountant
+        summary["epsilon_spent"] = record.get("epsilon")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -140,7 +140,12 @@ def make_round(
     def round_fn(state: ServerState, inputs: RoundInputs, key: jax.Array):
         client_key, agg_key = jax.random.split(key)
         (total, total_w, stats), per_client = cohort_sums(
-            client_update, aggregator, state.params, state.agg_state, inputs, client_key,
+            client_update,
+            aggregator,
+            state.params,
+            state.agg_state,
+            inputs,
+            client_key,
             chunk_size,
         )
         mean_update, agg_state, agg_metrics = aggregator.finalize(
@@ -157,7 +162,7 @@ def make_round(
             "clients": n_real,
             "nonfinite_clients": jnp.sum(real & ~finite),
             "local_steps": jnp.sum(per_client["steps"]) / jnp.maximum(n_real, 1),
-            "update_norm": optax.global_norm(mean_update),
+            "update_norm": optax.tree.norm(mean_update),
             **agg_metrics,
         }
         return ServerState(params, opt_state, agg_state, state.round + 1), metrics

@@ -39,4 +39,6 @@ def server_optimizer(
         return optax.adam(lr, b1=beta1, b2=beta2, eps=tau)
     if name == "fedyogi":
         return optax.yogi(lr, b1=beta1, b2=beta2, eps=tau)
-    raise ConfigError("algorithm.name", f"unknown algorithm {name!r}; choose from {list(ALGORITHMS)}")
+    raise ConfigError(
+        "algorithm.name", f"unknown algorithm {name!r}; choose from {list(ALGORITHMS)}"
+    )

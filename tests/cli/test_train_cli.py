@@ -25,6 +25,23 @@ BAD_INPUTS = [
     (["rounds=ten"], "rounds", "must be an integer"),
     (["execution.chunk_size=0"], "execution.chunk_size", "[1, inf]"),
     (["dataset.name=imagenet"], "dataset.name", "choose from"),
+    (["privacy=user_dp", "privacy.noise_multiplier=-1"], "privacy.noise_multiplier", "[0, inf]"),
+    (["privacy=user_dp", "privacy.clip_norm=0"], "privacy.clip_norm", "(0, inf]"),
+    (["privacy=user_dp", "privacy.clip_norm=-2"], "privacy.clip_norm", "(0, inf]"),
+    (
+        ["privacy=user_dp_adaptive", "privacy.adaptive.target_quantile=1.5"],
+        "privacy.adaptive.target_quantile",
+        "(0, 1)",
+    ),
+    (
+        ["privacy=user_dp_adaptive", "privacy.adaptive.target_quantile=0"],
+        "privacy.adaptive.target_quantile",
+        "(0, 1)",
+    ),
+    (["privacy=user_dp", "privacy.delta=1"], "privacy.delta", "(0, 1)"),
+    (["privacy=user_dp", "privacy.target_epsilon=0"], "privacy.target_epsilon", "(0, inf]"),
+    (["privacy=user_dp", "privacy.accountant=moments"], "privacy.accountant", "choose from"),
+    (["privacy=dp"], "privacy", "choose from"),
 ]
 
 
@@ -79,8 +96,14 @@ def test_run_directory_and_determinism(tmp_path):
 
 
 def test_multirun_sweep(tmp_path):
-    proc = run_cli("fedpriv.train", "-m", *DEBUG, "algorithm=fedavg,fedadam", "seed=0,1",
-                   f"hydra.sweep.dir={tmp_path}")
+    proc = run_cli(
+        "fedpriv.train",
+        "-m",
+        *DEBUG,
+        "algorithm=fedavg,fedadam",
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     assert len(jobs) == 4
@@ -89,17 +112,125 @@ def test_multirun_sweep(tmp_path):
 
 
 def test_sampling_and_models_from_the_shell(tmp_path):
-    proc = run_cli("fedpriv.train", *DEBUG, "sampling=poisson", "sampling.rate=0.3",
-                   "model=cnn", "algorithm=fedyogi", f"hydra.run.dir={tmp_path / 'r'}")
+    proc = run_cli(
+        "fedpriv.train",
+        *DEBUG,
+        "sampling=poisson",
+        "sampling.rate=0.3",
+        "model=cnn",
+        "algorithm=fedyogi",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    )
     assert proc.returncode == 0, proc.stderr
     rows = _metrics(tmp_path / "r")
     assert len({r["clients"] for r in rows}) >= 1 and all(r["clients"] >= 0 for r in rows)
 
 
 @pytest.mark.slow
-def test_default_run_reaches_90_percent(tmp_path):
+def test_default_run_is_private_and_reaches_90_percent(tmp_path):
     proc = run_cli("fedpriv.train", "progress=false", f"hydra.run.dir={tmp_path / 'r'}")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["final"]["test_accuracy"] >= 0.90
     assert summary["wall_seconds"] < 180
+    # The default calibrates user-level DP-FedAvg to epsilon 4 (one-sided) under RDP.
+    assert summary["privacy"]["unit"] == "user" and summary["sampling"]["kind"] == "poisson"
+    assert 3.9 < summary["epsilon"]["rdp"] <= 4.0
+    assert summary["epsilon"]["pld"] <= summary["epsilon"]["rdp"]
+    assert summary["delta"] < 1 / summary["population"]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "test accuracy" in last and "epsilon 4.000" in last and "delta 1e-04" in last
+    assert str(tmp_path / "r") in last
+
+
+def test_noise_multiplier_on_the_command_line_replaces_the_target(tmp_path):
+    proc = run_cli(
+        "fedpriv.train",
+        *DEBUG,
+        "privacy=user_dp",
+        "privacy.noise_multiplier=2.0",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert {e["noise_multiplier"] for e in _ledger(tmp_path / "r")} == {2.0}
+    both = run_cli(
+        "fedpriv.train",
+        *DEBUG,
+        "privacy=user_dp",
+        "privacy.noise_multiplier=2.0",
+        "privacy.target_epsilon=3",
+        f"hydra.run.dir={tmp_path / 's'}",
+    )
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_target_epsilon_is_met_and_stop_at_epsilon_stops(tmp_path):
+    proc = run_cli(
+        "fedpriv.train",
+        *DEBUG,
+        "privacy=user_dp",
+        "privacy.target_epsilon=6",
+        "sampling=poisson",
+        "sampling.rate=0.5",
+        "rounds=6",
+        "privacy.stop_at_epsilon=4",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    eps = [m["epsilon"] for m in _metrics(tmp_path / "r")]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert eps[-1] >= 4 and all(e < 4 for e in eps[:-1]) and len(eps) < 6
+    assert summary["rounds"] == len(eps) == len(_ledger(tmp_path / "r"))
+    assert summary["privacy"]["target_epsilon"] == 6
+
+
+def test_example_dp_batch_larger_than_client_data_is_rejected(tmp_path):
+    proc = run_cli(
+        "fedpriv.train",
+        *DEBUG,
+        "privacy=example_dp",
+        "client.batch_size=500",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    )
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "client.batch_size" in lines[0] and "smallest client" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def _ledger(run_dir):
+    path = run_dir / "ledger.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.parametrize("privacy", ["user_dp", "user_dp_adaptive", "example_dp"])
+def test_private_runs_write_one_ledger_line_per_round(tmp_path, privacy):
+    run_dir = tmp_path / "r"
+    extra = ["client.batch_size=2"] if privacy == "example_dp" else []
+    proc = run_cli(
+        "fedpriv.train",
+        *DEBUG,
+        f"privacy={privacy}",
+        "privacy.noise_multiplier=1.0",
+        "rounds=4",
+        *extra,
+        f"hydra.run.dir={run_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    ledger = _ledger(run_dir)
+    assert [e["round"] for e in ledger] == [1, 2, 3, 4]
+    unit = "example" if privacy == "example_dp" else "user"
+    assert all(e["unit"] == unit and e["noise_multiplier"] == 1.0 for e in ledger)
+    assert all(e["sampling"] == "fixed" and e["population"] == 20 for e in ledger)
+    metrics = _metrics(run_dir)
+    eps = [m["epsilon"] for m in metrics]
+    assert all(b >= a for a, b in zip(eps, eps[1:])) and eps[0] > 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epsilon"]["rdp"] == pytest.approx(eps[-1], rel=1e-9)
+
+
+def test_no_privacy_writes_no_ledger(tmp_path):
+    proc = run_cli("fedpriv.train", *DEBUG, "privacy=none", f"hydra.run.dir={tmp_path / 'r'}")
+    assert proc.returncode == 0, proc.stderr
+    assert _ledger(tmp_path / "r") == []
+    assert "epsilon" not in _metrics(tmp_path / "r")[0]

@@ -20,8 +20,9 @@ def test_full_batch_step_is_one_gradient_step_on_real_examples():
     store = toy_population()
     model, params = toy_model(store)
     n_cap, lr = 10, 0.3
-    update_fn = make_client_update(model.apply, optax.sgd(lr), epochs=1, batch_size=n_cap,
-                                   n_cap=n_cap)
+    update_fn = make_client_update(
+        model.apply, optax.sgd(lr), epochs=1, batch_size=n_cap, n_cap=n_cap
+    )
     k = 4
     out = update_fn(params, _client(store, k, n_cap), jax.random.key(1))
     x, y = store.client_data(k)
@@ -35,8 +36,7 @@ def test_full_batch_step_is_one_gradient_step_on_real_examples():
 def test_steps_follow_client_size_and_padding_is_ignored():
     store = toy_population(max_size=7)
     model, params = toy_model(store)
-    fn = jax.jit(make_client_update(model.apply, optax.sgd(0.1), epochs=3, batch_size=2,
-                                    n_cap=12))
+    fn = jax.jit(make_client_update(model.apply, optax.sgd(0.1), epochs=3, batch_size=2, n_cap=12))
     for k in range(6):
         n = int(store.client_sizes[k])
         batch = _client(store, k, 12)

@@ -91,8 +91,10 @@ def test_round_is_one_computation_whatever_the_cohort_size():
 
 
 def test_thousand_small_clients_of_the_embedded_digits():
-    data = load({"name": "digits", "num_clients": 1000,
-                 "partition": {"kind": "iid"}}, np.random.default_rng(0))
+    data = load(
+        {"name": "digits", "num_clients": 1000, "partition": {"kind": "iid"}},
+        np.random.default_rng(0),
+    )
     store = data.train
     fn, state, cu, params, n_cap = _round(store, chunk=1000)
     ids = np.arange(1000)
@@ -102,14 +104,18 @@ def test_thousand_small_clients_of_the_embedded_digits():
     chunked, _, _, _, _ = _round(store, chunk=50)
     new_chunked, _ = chunked(state, inputs, key)
     assert int(m["clients"]) == 1000
-    np.testing.assert_allclose(_flat(new_state.params), _flat(new_chunked.params),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        _flat(new_state.params), _flat(new_chunked.params), rtol=1e-4, atol=1e-6
+    )
     client_key, _ = jax.random.split(key)
     one = jax.jit(cu)
     total = 0.0
     for i in ids:
-        out = one(params, ClientBatch(inputs.x[i], inputs.y[i], inputs.count[i]),
-                  jax.random.fold_in(client_key, i))
+        out = one(
+            params,
+            ClientBatch(inputs.x[i], inputs.y[i], inputs.count[i]),
+            jax.random.fold_in(client_key, i),
+        )
         total = total + float(inputs.count[i]) * _flat(out.update).astype(np.float64)
     expected = _flat(params) + total / float(inputs.count.sum())
     np.testing.assert_allclose(_flat(new_state.params), expected, rtol=1e-4, atol=1e-6)
@@ -153,8 +159,7 @@ def test_server_optimizers_match_their_update_rules():
     assert np.all(np.sign(_flat(s.params) - _flat(params))[big] == np.sign(delta[big]))
     fn, state, *_ = _round(store, 8, "fedavgm", 0.5)
     s, _ = fn(state, inputs, key)
-    np.testing.assert_allclose(_flat(s.params) - _flat(params), 0.5 * delta, rtol=1e-4,
-                               atol=1e-7)
+    np.testing.assert_allclose(_flat(s.params) - _flat(params), 0.5 * delta, rtol=1e-4, atol=1e-7)
 
 
 def test_fixed_cohorts_are_distinct_and_poisson_rate_is_right():
@@ -182,8 +187,9 @@ def test_optax_chain_as_client_optimizer():
     model, params = toy_model(store)
     from fedpriv.fl.client import make_client_update
 
-    cu = make_client_update(model.apply, optax.chain(optax.clip_by_global_norm(1.0),
-                                                     optax.adam(0.01)), 1, 4, 7)
+    cu = make_client_update(
+        model.apply, optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.01)), 1, 4, 7
+    )
     batch = ClientBatch(*(a[0] for a in cohort(store, [0], 7)[:3]))
     out = jax.jit(cu)(params, batch, jax.random.key(0))
     assert np.isfinite(_flat(out.update)).all() and np.abs(_flat(out.update)).max() > 0

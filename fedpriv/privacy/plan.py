@@ -1,0 +1,286 @@
+"""The privacy plan: the one way to build a differentially private round.
+
+A :class:`PrivacyPlan` is built from the ``privacy`` config and the sampler that will run.
+It bundles the unit of privacy, the sampling, clipping and noise, builds the aggregator and
+(for example-level DP) the client update, and writes the round's DP event. Because the same
+object builds the mechanism and describes it, the ledger cannot drift from what ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import optax
+
+from fedpriv.errors import ConfigError
+from fedpriv.fl.aggregators import Aggregator, weighted_mean
+from fedpriv.fl.client import make_client_update
+from fedpriv.privacy.aggregators import (
+    AdaptiveClip,
+    default_count_noise_std,
+    dp_fedavg,
+    split_noise,
+)
+from fedpriv.privacy.dpsgd import make_dpsgd_client_update
+from fedpriv.privacy.ledger import LEDGER_FORMAT
+
+MECHANISMS = ("none", "user_dp", "user_dp_adaptive", "example_dp")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyPlan:
+    """Sampling, clipping, noise and unit of privacy of every round of a run.
+
+    Attributes:
+        name: ``none``, ``user_dp``, ``user_dp_adaptive`` or ``example_dp``.
+        unit: ``user``, ``example`` or None (no DP).
+        sampling: ``fixed`` or ``poisson``: the client sampling that runs.
+        sampling_rate: Poisson rate q, or cohort / population for fixed cohorts.
+        population: number of clients N.
+        expected_cohort: m, the aggregation divisor.
+        clip_norm: C (initial C with adaptive clipping; per-example C for example DP).
+        noise_multiplier: z, the accounted noise multiplier.
+        per_layer: per-layer clipping.
+        adaptive: adaptive clipping settings, if any.
+        steps: local DP-SGD steps per round (example DP).
+        example_sampling_rate: Poisson rate of examples per DP-SGD step (example DP).
+        delta: target delta of the run's (epsilon, delta) claim.
+        target_epsilon: the epsilon the noise was calibrated to, if any.
+        accountant: accountant used for calibration and per-round epsilon.
+        rounds: planned number of rounds.
+    """
+
+    name: str
+    unit: str | None
+    sampling: str
+    sampling_rate: float
+    population: int
+    expected_cohort: float
+    clip_norm: float = 0.0
+    noise_multiplier: float = 0.0
+    per_layer: bool = False
+    adaptive: AdaptiveClip | None = None
+    steps: int = 1
+    example_sampling_rate: float | None = None
+    delta: float | None = None
+    target_epsilon: float | None = None
+    accountant: str = "rdp"
+    rounds: int = 0
+
+    @property
+    def is_private(self) -> bool:
+        return self.name != "none"
+
+    def aggregator(self, weighting: str = "count") -> Aggregator:
+        """The server-side aggregation this plan requires.
+
+        User-level DP uses :func:`~fedpriv.privacy.aggregators.dp_fedavg`; example-level DP
+        and no DP use FedAvg's weighted mean (each example-DP client update is already
+        private, so weighting it is post-processing).
+        """
+        if self.unit == "user":
+            return dp_fedavg(
+                self.clip_norm,
+                self.noise_multiplier,
+                self.expected_cohort,
+                self.per_layer,
+                self.adaptive,
+            )
+        return weighted_mean(weighting)
+
+    def client_update(
+        self,
+        apply_fn: Callable,
+        optimizer: optax.GradientTransformation,
+        epochs: int,
+        batch_size: int,
+        n_cap: int,
+    ) -> Callable:
+        """The client update: local SGD, or DP-SGD for example-level privacy."""
+        if self.unit == "example":
+            return make_dpsgd_client_update(
+                apply_fn,
+                optimizer,
+                self.steps,
+                float(self.example_sampling_rate),
+                self.clip_norm,
+                self.noise_multiplier,
+                n_cap,
+            )
+        return make_client_update(apply_fn, optimizer, epochs, batch_size, n_cap)
+
+    def ledger_record(self, rnd: int, metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The DP event of round ``rnd`` as it ran (None without DP).
+
+        ``clip_norm`` and ``noise_std`` are read from the round's own metrics (what the
+        mechanism used), ``realised_cohort`` from the clients that took part.
+        """
+        if not self.is_private:
+            return None
+        if self.unit == "user":
+            clip_norm = float(metrics["clip_norm"])
+            noise_std = float(metrics["noise_std"])
+        else:
+            clip_norm, noise_std = self.clip_norm, self.noise_multiplier * self.clip_norm
+        return {
+            "format": LEDGER_FORMAT,
+            "round": int(rnd),
+            "mechanism": "gaussian",
+            "unit": self.unit,
+            "sampling": self.sampling,
+            "sampling_rate": self.sampling_rate,
+            "population": self.population,
+            "cohort_size": (
+                int(round(self.expected_cohort))
+                if self.sampling == "fixed"
+                else self.expected_cohort
+            ),
+            "noise_multiplier": self.noise_multiplier,
+            "clip_norm": clip_norm,
+            "noise_std": noise_std,
+            "steps": self.steps if self.unit == "example" else 1,
+            "example_sampling_rate": self.example_sampling_rate,
+            "realised_cohort": int(metrics["clients"]),
+            **({"count_noise_std": self.adaptive.count_noise_std} if self.adaptive else {}),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["adaptive"] = self.adaptive._asdict() if self.adaptive else None
+        return d
+
+
+def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    value = cfg.get(key, default)
+    return default if value is None else value
+
+
+def build_plan(
+    privacy_cfg: Mapping[str, Any],
+    sampler: Any,
+    client_sizes: np.ndarray,
+    client_cfg: Mapping[str, Any],
+    rounds: int,
+) -> PrivacyPlan:
+    """Builds the plan from the ``privacy`` config and the sampler that will run.
+
+    With ``privacy.target_epsilon`` set, the noise multiplier is calibrated (one-sided) with
+    ``privacy.accountant`` for the planned rounds before training starts.
+
+    Raises:
+        ConfigError: a bad privacy setting, or one that cannot work with this population.
+    """
+    name = privacy_cfg.get("name", "none")
+    if name not in MECHANISMS:
+        raise ConfigError(
+            "privacy.name", f"unknown mechanism {name!r}; choose from {list(MECHANISMS)}"
+        )
+    common = dict(
+        name=name,
+        sampling=sampler.kind,
+        sampling_rate=float(sampler.rate),
+        population=int(sampler.population),
+        expected_cohort=float(sampler.expected_size),
+        rounds=int(rounds),
+    )
+    if name == "none":
+        return PrivacyPlan(unit=None, **common)
+
+    clip_norm = float(_get(privacy_cfg, "clip_norm", 1.0))
+    if not clip_norm > 0:
+        raise ConfigError("privacy.clip_norm", f"must be > 0, got {clip_norm}")
+    noise = float(_get(privacy_cfg, "noise_multiplier", 0.0))
+    if not noise >= 0:
+        raise ConfigError("privacy.noise_multiplier", f"must be >= 0, got {noise}")
+    unit = "example" if name == "example_dp" else "user"
+    extra: dict[str, Any] = {}
+    if name == "user_dp_adaptive":
+        ad = dict(privacy_cfg.get("adaptive") or {})
+        gamma = float(_get(ad, "target_quantile", 0.5))
+        if not 0 < gamma < 1:
+            raise ConfigError("privacy.adaptive.target_quantile", f"must be in (0, 1), got {gamma}")
+        eta = float(_get(ad, "learning_rate", 0.2))
+        if not eta > 0:
+            raise ConfigError("privacy.adaptive.learning_rate", f"must be > 0, got {eta}")
+        sigma_b = ad.get("count_noise_std")  # None: chosen once the noise is known
+        if sigma_b is not None and not float(sigma_b) > 0:
+            raise ConfigError("privacy.adaptive.count_noise_std", f"must be > 0, got {sigma_b}")
+        extra["adaptive"] = AdaptiveClip(gamma, eta, None if sigma_b is None else float(sigma_b))
+    if unit == "example":
+        batch = int(client_cfg["batch_size"])
+        smallest = int(np.min(client_sizes))
+        rate = privacy_cfg.get("example_sampling_rate")
+        if rate is None:
+            if batch > smallest:
+                raise ConfigError(
+                    "client.batch_size",
+                    f"example-level DP-SGD samples batches of expected size {batch} from each "
+                    f"client, but the smallest client has {smallest} examples; use a batch "
+                    f"size <= {smallest}",
+                )
+            rate = batch / smallest
+        rate = float(rate)
+        if not 0 < rate <= 1:
+            raise ConfigError("privacy.example_sampling_rate", f"must be in (0, 1], got {rate}")
+        extra["example_sampling_rate"] = rate
+        extra["steps"] = int(client_cfg["epochs"]) * math.ceil(1.0 / rate)
+    plan = PrivacyPlan(
+        unit=unit,
+        clip_norm=clip_norm,
+        noise_multiplier=noise,
+        per_layer=bool(privacy_cfg.get("per_layer", False)),
+        accountant=str(_get(privacy_cfg, "accountant", "rdp")),
+        **common,
+        **extra,
+    )
+    return _with_delta_and_calibration(plan, privacy_cfg)
+
+
+def _with_delta_and_calibration(plan: PrivacyPlan, cfg: Mapping[str, Any]) -> PrivacyPlan:
+    from fedpriv import accounting
+
+    delta = cfg.get("delta")
+    if delta is None:
+        delta = accounting.default_delta(plan.population)
+    else:
+        delta = float(delta)
+        if not 0 < delta < 1:
+            raise ConfigError("privacy.delta", f"must be in (0, 1), got {delta}")
+        accounting.warn_if_delta_too_large(delta, plan.population)
+    target = cfg.get("target_epsilon")
+    if target is None:
+        return _resolve_count_noise(dataclasses.replace(plan, delta=delta))
+    target = float(target)
+    if not target > 0:
+        raise ConfigError("privacy.target_epsilon", f"must be > 0, got {target}")
+    noise = accounting.calibrate_noise(
+        target,
+        delta,
+        plan.rounds,
+        sampling=plan.sampling,
+        sampling_rate=plan.sampling_rate if plan.sampling == "poisson" else None,
+        population=plan.population,
+        cohort_size=int(round(plan.expected_cohort)) if plan.sampling == "fixed" else None,
+        steps=plan.steps,
+        example_sampling_rate=plan.example_sampling_rate,
+        unit=plan.unit,
+        accountant=plan.accountant,
+    )
+    return _resolve_count_noise(
+        dataclasses.replace(plan, delta=delta, noise_multiplier=noise, target_epsilon=target)
+    )
+
+
+def _resolve_count_noise(plan: PrivacyPlan) -> PrivacyPlan:
+    """Fills in the default count noise and checks the noise split is possible."""
+    if plan.adaptive is None:
+        return plan
+    sigma_b = plan.adaptive.count_noise_std
+    if sigma_b is None:
+        sigma_b = default_count_noise_std(plan.expected_cohort, plan.noise_multiplier)
+    split_noise(plan.noise_multiplier, sigma_b)  # raises when the split is impossible
+    return dataclasses.replace(plan, adaptive=plan.adaptive._replace(count_noise_std=sigma_b))
