@@ -170,6 +170,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
     if privacy == "example_dp":
         number(cfg, "privacy.example_sampling_rate", low=0, high=1, low_open=True, required=False)
 
+    devices = _get(cfg, "execution.devices", "auto")
+    if devices not in (None, "auto"):
+        number(cfg, "execution.devices", low=1, integer=True)
     chunk = _get(cfg, "execution.chunk_size", "auto")
     if chunk not in (None, "auto"):
         number(cfg, "execution.chunk_size", low=1, integer=True)

@@ -66,6 +66,7 @@ class Experiment:
     round_fn: Callable[[ServerState, RoundInputs, jax.Array], tuple[ServerState, dict]]
     state: ServerState
     privacy: PrivacyPlan
+    mesh: jax.sharding.Mesh | None = None
 
     def sampling_key(self, rnd: int) -> jax.Array:
         return jax.random.fold_in(purpose_key(self.cfg["seed"], KEY_SAMPLING), rnd)
@@ -74,15 +75,20 @@ class Experiment:
         return jax.random.fold_in(purpose_key(self.cfg["seed"], KEY_ROUND), rnd)
 
     def cohort(self, rnd: int) -> RoundInputs:
-        """Samples and gathers round ``rnd``'s cohort, padded to the plan's slots."""
+        """Samples and gathers round ``rnd``'s cohort, padded to the plan's slots, and starts
+        its transfer to the device(s) (asynchronous: it overlaps the running round)."""
         ids, mask = self.sampler.sample(self.sampling_key(rnd))
-        slots = max(
-            self.plan.slots, math.ceil(len(ids) / self.plan.chunk_size) * self.plan.chunk_size
-        )
+        multiple = self.plan.slot_multiple
+        slots = max(self.plan.slots, math.ceil(len(ids) / multiple) * multiple)
         pad = slots - len(ids)
         ids = np.concatenate([ids, np.zeros(pad, ids.dtype)])
         mask = np.concatenate([mask, np.zeros(pad, bool)])
-        return RoundInputs(*self.data.train.gather(ids, mask, self.n_cap))
+        batch = RoundInputs(*self.data.train.gather(ids, mask, self.n_cap))
+        if self.mesh is None:
+            return jax.device_put(batch)
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        return jax.device_put(batch, NamedSharding(self.mesh, PartitionSpec("clients")))
 
     def evaluate(self, params: Any) -> dict[str, float]:
         return evaluate(self.model, params, self.data.test_x, self.data.test_y)
@@ -144,10 +150,23 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         example_bytes,
         n_cap,
         (cfg.get("execution") or {}).get("chunk_size", "auto"),
+        num_devices=(cfg.get("execution") or {}).get("devices", 1),
     )
-    round_fn = jax.jit(make_round(client_update, aggregator, server_opt, exec_plan.chunk_size))
+    mesh = planner.make_mesh(exec_plan.num_devices)
+    population_bytes = data.train.x.nbytes + data.train.y.nbytes
+    warning = planner.memory_warning(
+        planner.estimate_peak_bytes(exec_plan, n_cap, example_bytes, population_bytes),
+        planner.available_bytes(),
+    )
+    if warning:
+        print(f"fedpriv: warning: {warning}", file=sys.stderr, flush=True)
+    round_fn = jax.jit(
+        make_round(client_update, aggregator, server_opt, exec_plan.chunk_size, mesh)
+    )
     state = init_server_state(params, server_opt, aggregator)
-    return Experiment(cfg, data, model, sampler, exec_plan, n_cap, round_fn, state, privacy)
+    return Experiment(
+        cfg, data, model, sampler, exec_plan, n_cap, round_fn, state, privacy, mesh=mesh
+    )
 
 
 @jax.jit

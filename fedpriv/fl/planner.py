@@ -25,20 +25,28 @@ class ExecutionPlan:
     """How a round executes.
 
     Attributes:
-        chunk_size: clients vmapped together (K).
-        num_chunks: sequential chunks per round.
+        chunk_size: clients vmapped together (K) on each device.
+        num_chunks: sequential chunks per round on each device.
         backend: the JAX backend the plan was made for.
-        est_bytes: estimated peak bytes of per-client state in one chunk.
+        est_bytes: estimated peak bytes of per-client state in one chunk on one device.
+        num_devices: devices the cohort is sharded over (a ``clients`` mesh axis).
     """
 
     chunk_size: int
     num_chunks: int
     backend: str
     est_bytes: int
+    num_devices: int = 1
 
     @property
     def slots(self) -> int:
-        return self.chunk_size * self.num_chunks
+        """Client slots per round: ``num_devices * num_chunks * chunk_size``."""
+        return self.chunk_size * self.num_chunks * self.num_devices
+
+    @property
+    def slot_multiple(self) -> int:
+        """Cohorts are padded to a multiple of this many slots."""
+        return self.chunk_size * self.num_devices
 
 
 def plan(
@@ -49,6 +57,7 @@ def plan(
     chunk_size: int | str | None = "auto",
     memory_budget_bytes: int | None = None,
     backend: str | None = None,
+    num_devices: int | str | None = 1,
 ) -> ExecutionPlan:
     """Chooses the vmap width and number of chunks for a cohort.
 
@@ -61,11 +70,14 @@ def plan(
         memory_budget_bytes: bytes allowed for one chunk's per-client state (default: 1 GiB
             on CPU, 4 GiB on accelerators).
         backend: JAX backend name (default: the current default backend).
+        num_devices: devices to shard the cohort over; ``"auto"`` uses every local device.
 
     Returns:
-        The plan; ``chunk_size * num_chunks >= cohort_capacity``, the extra slots are padding.
+        The plan; ``slots >= cohort_capacity``, the extra slots are padding.
     """
     backend = backend or jax.default_backend()
+    devices = _num_devices(num_devices)
+    cohort_capacity = math.ceil(cohort_capacity / devices)  # clients per device
     per_client = _COPIES_PER_CLIENT * 4 * num_params + n_cap * example_bytes
     if memory_budget_bytes is None:
         memory_budget_bytes = (1 << 30) if backend == "cpu" else (4 << 30)
@@ -87,4 +99,64 @@ def plan(
             )
         k = min(k, cohort_capacity)
     num_chunks = math.ceil(cohort_capacity / k)
-    return ExecutionPlan(k, num_chunks, backend, k * per_client)
+    return ExecutionPlan(k, num_chunks, backend, k * per_client, devices)
+
+
+def _num_devices(value: int | str | None) -> int:
+    available = jax.local_device_count()
+    if value in (None, "auto"):
+        return available
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            "execution.devices", f"must be 'auto' or an integer >= 1, got {value!r}"
+        ) from None
+    if not 1 <= n <= available:
+        raise ConfigError(
+            "execution.devices", f"must be between 1 and the {available} local devices, got {n}"
+        )
+    return n
+
+
+def make_mesh(num_devices: int) -> jax.sharding.Mesh | None:
+    """A one-axis ``clients`` mesh over the first ``num_devices`` local devices (None for 1)."""
+    if num_devices <= 1:
+        return None
+    import numpy as np
+
+    return jax.sharding.Mesh(np.array(jax.local_devices()[:num_devices]), ("clients",))
+
+
+def estimate_peak_bytes(
+    plan: ExecutionPlan, n_cap: int, example_bytes: int, population_bytes: int
+) -> int:
+    """Rough peak memory of a run: the population on the host, the cohort batch on the host
+    and on the device(s), and one chunk of per-client state per device."""
+    cohort_bytes = plan.slots * n_cap * (example_bytes + 4)
+    return population_bytes + 2 * cohort_bytes + plan.num_devices * plan.est_bytes
+
+
+def available_bytes() -> int | None:
+    """Memory available to this process now (None when it cannot be read)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - psutil missing or unsupported platform
+        try:
+            import os
+
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def memory_warning(peak: int, available: int | None) -> str | None:
+    """A one-line warning when the estimated peak exceeds the available memory."""
+    if available is None or peak <= available:
+        return None
+    return (
+        f"estimated peak memory {peak / 2**30:.1f} GiB exceeds the {available / 2**30:.1f} GiB "
+        "available; lower execution.chunk_size, the cohort size or client.max_examples"
+    )

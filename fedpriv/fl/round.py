@@ -123,30 +123,66 @@ def cohort_sums(
     return sums, per_client
 
 
+CLIENTS_AXIS = "clients"
+
+
+def sharded_cohort_sums(
+    client_update: Callable[[PyTree, ClientBatch, jax.Array], ClientOutput],
+    aggregator: Aggregator,
+    chunk_size: int,
+    mesh: jax.sharding.Mesh | None,
+) -> Callable:
+    """:func:`cohort_sums` over a cohort sharded on the mesh's ``clients`` axis.
+
+    Each device runs its own slice of the cohort in chunks; the sums are the only
+    cross-device reduction (one ``psum``). Without a mesh this is :func:`cohort_sums`.
+    """
+
+    def local(params, agg_state, inputs, client_key):
+        return cohort_sums(
+            client_update, aggregator, params, agg_state, inputs, client_key, chunk_size
+        )
+
+    if mesh is None:
+        return local
+    from jax.sharding import PartitionSpec as P
+
+    def per_device(params, agg_state, inputs, client_key):
+        sums, per_client = local(params, agg_state, inputs, client_key)
+        return jax.lax.psum(sums, CLIENTS_AXIS), per_client
+
+    return jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(P(), P(), P(CLIENTS_AXIS), P()),
+        out_specs=(P(), P(CLIENTS_AXIS)),
+        # The scan accumulators start as replicated zeros and become per-device partial sums;
+        # the psum above makes the outputs replicated again.
+        check_vma=False,
+    )
+
+
 def make_round(
     client_update: Callable[[PyTree, ClientBatch, jax.Array], ClientOutput],
     aggregator: Aggregator,
     server_opt: optax.GradientTransformation,
     chunk_size: int,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[ServerState, RoundInputs, jax.Array], tuple[ServerState, dict[str, jax.Array]]]:
     """Builds ``round_fn(state, inputs, key) -> (new_state, metrics)`` (not yet jitted).
 
     The round: each client trains locally (:func:`cohort_sums`), the aggregator reduces the
     sums to one mean update, and the server optimizer applies ``-mean_update`` as a
     pseudo-gradient. ``key`` is the round key; it is split by purpose into client and
-    aggregation (noise) keys.
+    aggregation (noise) keys. With a ``mesh``, the cohort axis of ``inputs`` is sharded over
+    its ``clients`` axis (``C`` must be a multiple of ``devices * chunk_size``).
     """
+    sums_fn = sharded_cohort_sums(client_update, aggregator, chunk_size, mesh)
 
     def round_fn(state: ServerState, inputs: RoundInputs, key: jax.Array):
         client_key, agg_key = jax.random.split(key)
-        (total, total_w, stats), per_client = cohort_sums(
-            client_update,
-            aggregator,
-            state.params,
-            state.agg_state,
-            inputs,
-            client_key,
-            chunk_size,
+        (total, total_w, stats), per_client = sums_fn(
+            state.params, state.agg_state, inputs, client_key
         )
         mean_update, agg_state, agg_metrics = aggregator.finalize(
             total, total_w, stats, state.agg_state, agg_key
