@@ -6,8 +6,11 @@ Workload (McMahan et al. 2017's MNIST 2NN): MLP 784-200-200-10 (ReLU), every cli
 uint8 pixels scaled to [0, 1] inside the model, as MNIST is stored (throughput does not
 depend on the pixel values).
 
-fedpriv and a sequential PyTorch loop over the same clients run in this one process, rounds
-interleaved, and the ratio of their medians is reported.
+fedpriv and a sequential PyTorch loop over the same clients run in this one process (the
+PyTorch rounds first), and the ratio of their median client updates per second is reported.
+With ``--devices N`` the cohort is sharded over N XLA devices; on a CPU these are one device
+per core (``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which fedpriv sets itself
+when imported first, see the README).
 
     python experiments/benchmarks/fedavg_2nn.py --cohort 1000 --rounds 5 [--dp] [--json]
 """
@@ -45,7 +48,7 @@ def population(num_clients: int, seed: int = 0) -> PopulationStore:
     return PopulationStore.from_assignment(x, y, client_of, CLASSES, "synthetic-mnist")
 
 
-def fedpriv_round(cohort: int, dp: bool, chunk_size):
+def fedpriv_round(cohort: int, dp: bool, chunk_size, devices=1):
     model = models.build("mlp", CLASSES, hidden=(200, 200))
     params = model.init(jax.random.key(0), jnp.zeros((1, DIM)))
     apply_fn = lambda p, x: model.apply(p, x.astype(jnp.float32) * (1.0 / 255.0))
@@ -53,8 +56,8 @@ def fedpriv_round(cohort: int, dp: bool, chunk_size):
     agg = dp_fedavg(1.0, 1.0, float(cohort)) if dp else weighted_mean()
     sopt = optax.sgd(1.0)
     num_params = sum(p.size for p in jax.tree.leaves(params))
-    plan = planner.plan(cohort, num_params, DIM, N_EXAMPLES, chunk_size)
-    fn = jax.jit(make_round(cu, agg, sopt, plan.chunk_size))
+    plan = planner.plan(cohort, num_params, DIM, N_EXAMPLES, chunk_size, num_devices=devices)
+    fn = jax.jit(make_round(cu, agg, sopt, plan.chunk_size, planner.make_mesh(plan.num_devices)))
     return fn, init_server_state(params, sopt, agg), plan
 
 
@@ -69,7 +72,7 @@ def torch_loop(store: PopulationStore, ids: np.ndarray, dp: bool, net, xs, ys):
         net.load_state_dict(global_state)
         opt = torch.optim.SGD(net.parameters(), lr=LR)
         x, y = xs[cid], ys[cid]
-        perm = torch.randperm(N_EXAMPLES)
+        perm = torch.randperm(N_EXAMPLES, device=x.device)
         for lo in range(0, N_EXAMPLES, BATCH):
             idx = perm[lo : lo + BATCH]
             opt.zero_grad()
@@ -98,14 +101,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--dp", action="store_true")
     ap.add_argument("--chunk-size", default="auto")
+    ap.add_argument("--devices", default="auto", help="devices to shard the cohort over, or auto")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    ap.add_argument("--torch-device", default="cpu", help="device of the PyTorch loop")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
     store = population(args.cohort)
     ids = np.arange(args.cohort)
     inputs = RoundInputs(*store.gather(ids, np.ones(args.cohort, bool), N_EXAMPLES))
-    fn, state, plan = fedpriv_round(args.cohort, args.dp, args.chunk_size)
+    fn, state, plan = fedpriv_round(args.cohort, args.dp, args.chunk_size, args.devices)
     pad = plan.slots - args.cohort
     if pad:
         inputs = RoundInputs(
@@ -139,23 +144,32 @@ def main(argv=None) -> dict:
         ys = torch.from_numpy(store.y.reshape(args.cohort, N_EXAMPLES).astype(np.int64))
         torch_loop(store, ids[: min(20, args.cohort)], args.dp, net, xs, ys)  # warm-up
 
+    # The PyTorch rounds run first and the fedpriv rounds after them (not interleaved): XLA's
+    # CPU worker threads keep spinning briefly after each computation, which would slow a
+    # PyTorch round started right after one and flatter the ratio.
     fed_times, torch_times = [], []
+    if net is not None:
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            torch_loop(store, ids, args.dp, net, xs, ys)
+            if args.torch_device.startswith("cuda"):
+                torch.cuda.synchronize()
+            torch_times.append(time.perf_counter() - t0)
     for r in range(args.rounds):
         t0 = time.perf_counter()
         state, m = fn(state, dev_inputs, jax.random.key(r + 1))
         jax.block_until_ready(state)
         fed_times.append(time.perf_counter() - t0)
-        if net is not None:
-            t0 = time.perf_counter()
-            torch_loop(store, ids, args.dp, net, xs, ys)
-            torch_times.append(time.perf_counter() - t0)
 
     fed = args.cohort / statistics.median(fed_times)
     result = {
         "cohort": args.cohort,
         "dp": args.dp,
         "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "torch_device": None if args.no_torch else args.torch_device,
         "chunk_size": plan.chunk_size,
+        "devices": plan.num_devices,
         "num_chunks": plan.num_chunks,
         "fedpriv_cu_per_s": round(fed, 1),
         "torch_loop_cu_per_s": None,

@@ -86,6 +86,8 @@ def plan(
         # CPU: one client per step keeps each layer a dense matmul; accelerators: go wide.
         preferred = 1 if backend == "cpu" else cohort_capacity
         k = int(max(1, min(cohort_capacity, fit, preferred)))
+        # Even chunks: the fewest chunks of width <= k, each as narrow as possible.
+        k = math.ceil(cohort_capacity / math.ceil(cohort_capacity / k))
     else:
         try:
             k = int(chunk_size)
