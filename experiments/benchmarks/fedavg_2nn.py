@@ -18,6 +18,7 @@ when imported first, see the README).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -31,7 +32,7 @@ import optax
 
 from fedpriv import models
 from fedpriv.data import PopulationStore
-from fedpriv.fl import planner
+from fedpriv.fl import lowrank, planner
 from fedpriv.fl.aggregators import weighted_mean
 from fedpriv.fl.client import make_client_update
 from fedpriv.fl.round import RoundInputs, init_server_state, make_round
@@ -48,7 +49,7 @@ def population(num_clients: int, seed: int = 0) -> PopulationStore:
     return PopulationStore.from_assignment(x, y, client_of, CLASSES, "synthetic-mnist")
 
 
-def fedpriv_round(cohort: int, dp: bool, chunk_size, devices=1):
+def fedpriv_round(cohort: int, dp: bool, chunk_size, devices=1, path="direct"):
     model = models.build("mlp", CLASSES, hidden=(200, 200))
     params = model.init(jax.random.key(0), jnp.zeros((1, DIM)))
     apply_fn = lambda p, x: model.apply(p, x.astype(jnp.float32) * (1.0 / 255.0))
@@ -57,7 +58,24 @@ def fedpriv_round(cohort: int, dp: bool, chunk_size, devices=1):
     sopt = optax.sgd(1.0)
     num_params = sum(p.size for p in jax.tree.leaves(params))
     plan = planner.plan(cohort, num_params, DIM, N_EXAMPLES, chunk_size, num_devices=devices)
-    fn = jax.jit(make_round(cu, agg, sopt, plan.chunk_size, planner.make_mesh(plan.num_devices)))
+    local_sums = None
+    if path == "lowrank":
+        per_device = plan.chunk_size * plan.num_chunks
+        dims = [tuple(v["kernel"].shape) for v in params["params"].values()]
+        k = lowrank.lowrank_chunk(per_device, N_EXAMPLES, BATCH, 1, dims)
+        plan = dataclasses.replace(plan, chunk_size=k, num_chunks=-(-per_device // k))
+        local_sums = lowrank.make_lowrank_cohort_sums(
+            lowrank.dense_layers(params),
+            LR,
+            1,
+            BATCH,
+            N_EXAMPLES,
+            agg,
+            k,
+            preprocess=lambda x: x.astype(jnp.float32) * (1.0 / 255.0),
+        )
+    mesh = planner.make_mesh(plan.num_devices)
+    fn = jax.jit(make_round(cu, agg, sopt, plan.chunk_size, mesh, local_sums=local_sums))
     return fn, init_server_state(params, sopt, agg), plan
 
 
@@ -102,6 +120,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--dp", action="store_true")
     ap.add_argument("--chunk-size", default="auto")
     ap.add_argument("--devices", default="auto", help="devices to shard the cohort over, or auto")
+    ap.add_argument(
+        "--path",
+        default="direct",
+        choices=["direct", "lowrank"],
+        help="client execution path (see fedpriv.fl.lowrank)",
+    )
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     ap.add_argument("--torch-device", default="cpu", help="device of the PyTorch loop")
     ap.add_argument("--json", action="store_true")
@@ -110,7 +134,7 @@ def main(argv=None) -> dict:
     store = population(args.cohort)
     ids = np.arange(args.cohort)
     inputs = RoundInputs(*store.gather(ids, np.ones(args.cohort, bool), N_EXAMPLES))
-    fn, state, plan = fedpriv_round(args.cohort, args.dp, args.chunk_size, args.devices)
+    fn, state, plan = fedpriv_round(args.cohort, args.dp, args.chunk_size, args.devices, args.path)
     pad = plan.slots - args.cohort
     if pad:
         inputs = RoundInputs(
@@ -170,6 +194,7 @@ def main(argv=None) -> dict:
         "torch_device": None if args.no_torch else args.torch_device,
         "chunk_size": plan.chunk_size,
         "devices": plan.num_devices,
+        "path": args.path,
         "num_chunks": plan.num_chunks,
         "fedpriv_cu_per_s": round(fed, 1),
         "torch_loop_cu_per_s": None,

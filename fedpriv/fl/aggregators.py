@@ -23,11 +23,18 @@ PyTree = Any
 
 
 class Aggregator(NamedTuple):
-    """A client-side transform and a server-side reduction (see module docstring)."""
+    """A client-side transform and a server-side reduction (see module docstring).
+
+    ``client_scale(norm, count, mask, state) -> (scale, weight, stats)``, when given, says
+    that ``contribution`` is ``scale * update`` with a scalar that depends on the update only
+    through its global L2 ``norm``. Execution paths that never materialise per-client updates
+    (the factored low-rank path of :mod:`fedpriv.fl.lowrank`) require it.
+    """
 
     init: Callable[[], PyTree]
     contribution: Callable[..., tuple[PyTree, jax.Array, dict[str, jax.Array]]]
     finalize: Callable[..., tuple[PyTree, PyTree, dict[str, jax.Array]]]
+    client_scale: Callable[..., tuple[jax.Array, jax.Array, dict[str, jax.Array]]] | None = None
 
 
 def weighted_mean(weighting: str = "count") -> Aggregator:
@@ -51,14 +58,18 @@ def weighted_mean(weighting: str = "count") -> Aggregator:
     def init():
         return ()
 
-    def contribution(update, count, mask, state):
-        del state
+    def client_scale(norm, count, mask, state):
+        del norm, state
         w = mask * (count.astype(jnp.float32) if weighting == "count" else 1.0)
-        return jax.tree.map(lambda u: w * u, update), w, {}
+        return w, w, {}
+
+    def contribution(update, count, mask, state):
+        w, weight, stats = client_scale(None, count, mask, state)
+        return jax.tree.map(lambda u: w * u, update), weight, stats
 
     def finalize(total, total_weight, stats, state, key):
         del stats, key
         denom = jnp.maximum(total_weight, 1e-12)
         return jax.tree.map(lambda t: t / denom, total), state, {}
 
-    return Aggregator(init, contribution, finalize)
+    return Aggregator(init, contribution, finalize, client_scale)

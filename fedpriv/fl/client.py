@@ -36,6 +36,36 @@ class ClientOutput(NamedTuple):
     steps: jax.Array
 
 
+def batch_schedule(
+    key: jax.Array, count: jax.Array, n_cap: int, batch_size: int, epochs: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Which examples each local step uses: ``epochs`` reshuffled passes in batches.
+
+    Returns:
+        ``(idx[T, B], weights[T, B], step_keys[T])`` with ``T = epochs * ceil(n_cap / B)``:
+        example indices, 1 for real examples and 0 for padding, and a key per step. Real
+        examples come first in each epoch's random order, so a client with ``n`` examples
+        has ``ceil(n / B)`` non-empty steps per epoch.
+    """
+    steps_per_epoch = math.ceil(n_cap / batch_size)
+    n_slots = steps_per_epoch * batch_size
+    total_steps = epochs * steps_per_epoch
+    shuffle_key, step_key = jax.random.split(key)
+    count = count.astype(jnp.int32)
+
+    def epoch_order(k):
+        # Real examples first in random order, then padding; slots past n_cap point to 0.
+        r = jax.random.uniform(k, (n_cap,))
+        r = jnp.where(jnp.arange(n_cap) < count, r, 2.0 + jnp.arange(n_cap))
+        order = jnp.argsort(r)
+        return jnp.concatenate([order, jnp.zeros(n_slots - n_cap, order.dtype)])
+
+    orders = jax.vmap(epoch_order)(jax.random.split(shuffle_key, epochs))
+    idx = orders.reshape(total_steps, batch_size)
+    weights = jnp.tile(jnp.arange(n_slots) < count, epochs).reshape(total_steps, batch_size)
+    return idx, weights, jax.random.split(step_key, total_steps)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example softmax cross-entropy, ``loss[B]``."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -75,9 +105,6 @@ def make_client_update(
     Returns:
         A pure function of ``(params, ClientBatch, key)``, safe to ``vmap`` and ``jit``.
     """
-    steps_per_epoch = math.ceil(n_cap / batch_size)
-    n_slots = steps_per_epoch * batch_size
-    total_steps = epochs * steps_per_epoch
 
     def mean_loss(params, x, y, w):
         per_example = cross_entropy(apply_fn(params, x), y)
@@ -90,21 +117,7 @@ def make_client_update(
     compute_grad = grad_fn or plain_grad
 
     def client_update(params: PyTree, batch: ClientBatch, key: jax.Array) -> ClientOutput:
-        shuffle_key, step_key = jax.random.split(key)
-        count = batch.count.astype(jnp.int32)
-        slot = jnp.arange(n_slots)
-
-        def epoch_order(k):
-            # Real examples first in random order, then padding; slots past n_cap point to 0.
-            r = jax.random.uniform(k, (n_cap,))
-            r = jnp.where(jnp.arange(n_cap) < count, r, 2.0 + jnp.arange(n_cap))
-            order = jnp.argsort(r)
-            return jnp.concatenate([order, jnp.zeros(n_slots - n_cap, order.dtype)])
-
-        orders = jax.vmap(epoch_order)(jax.random.split(shuffle_key, epochs))
-        idx = orders.reshape(total_steps, batch_size)
-        weights = jnp.tile(slot < count, epochs).reshape(total_steps, batch_size)
-        step_keys = jax.random.split(step_key, total_steps)
+        idx, weights, step_keys = batch_schedule(key, batch.count, n_cap, batch_size, epochs)
 
         def step(carry, inputs):
             local, opt_state = carry

@@ -126,23 +126,13 @@ def cohort_sums(
 CLIENTS_AXIS = "clients"
 
 
-def sharded_cohort_sums(
-    client_update: Callable[[PyTree, ClientBatch, jax.Array], ClientOutput],
-    aggregator: Aggregator,
-    chunk_size: int,
-    mesh: jax.sharding.Mesh | None,
-) -> Callable:
-    """:func:`cohort_sums` over a cohort sharded on the mesh's ``clients`` axis.
+def sharded_cohort_sums(local: Callable, mesh: jax.sharding.Mesh | None) -> Callable:
+    """Runs ``local(params, agg_state, inputs, client_key)`` (a :func:`cohort_sums`-like
+    function) on a cohort sharded over the mesh's ``clients`` axis.
 
     Each device runs its own slice of the cohort in chunks; the sums are the only
-    cross-device reduction (one ``psum``). Without a mesh this is :func:`cohort_sums`.
+    cross-device reduction (one ``psum``). Without a mesh this is ``local`` itself.
     """
-
-    def local(params, agg_state, inputs, client_key):
-        return cohort_sums(
-            client_update, aggregator, params, agg_state, inputs, client_key, chunk_size
-        )
-
     if mesh is None:
         return local
     from jax.sharding import PartitionSpec as P
@@ -168,6 +158,7 @@ def make_round(
     server_opt: optax.GradientTransformation,
     chunk_size: int,
     mesh: jax.sharding.Mesh | None = None,
+    local_sums: Callable | None = None,
 ) -> Callable[[ServerState, RoundInputs, jax.Array], tuple[ServerState, dict[str, jax.Array]]]:
     """Builds ``round_fn(state, inputs, key) -> (new_state, metrics)`` (not yet jitted).
 
@@ -176,8 +167,17 @@ def make_round(
     pseudo-gradient. ``key`` is the round key; it is split by purpose into client and
     aggregation (noise) keys. With a ``mesh``, the cohort axis of ``inputs`` is sharded over
     its ``clients`` axis (``C`` must be a multiple of ``devices * chunk_size``).
+    ``local_sums`` replaces :func:`cohort_sums` (e.g. the factored path of
+    :mod:`fedpriv.fl.lowrank`); it takes ``(params, agg_state, inputs, client_key)``.
     """
-    sums_fn = sharded_cohort_sums(client_update, aggregator, chunk_size, mesh)
+    if local_sums is None:
+
+        def local_sums(params, agg_state, inputs, client_key):
+            return cohort_sums(
+                client_update, aggregator, params, agg_state, inputs, client_key, chunk_size
+            )
+
+    sums_fn = sharded_cohort_sums(local_sums, mesh)
 
     def round_fn(state: ServerState, inputs: RoundInputs, key: jax.Array):
         client_key, agg_key = jax.random.split(key)

@@ -109,17 +109,25 @@ def dp_fedavg(
     def init():
         return DPState(jnp.asarray(clip_norm, jnp.float32))
 
-    def contribution(update, count, mask, state):
-        del count
-        clipped, norm = clip(update, state.clip_norm, per_layer)
-        contrib = jax.tree.map(lambda u: mask * u, clipped)
+    def clip_stats(norm, mask, state):
         below = (norm <= state.clip_norm).astype(jnp.float32)
-        stats = {
+        return {
             "clipped": mask * (1.0 - below),
             "norm": mask * norm,
             "below_centred": mask * (below - 0.5),
         }
-        return contrib, mask, stats
+
+    def contribution(update, count, mask, state):
+        del count
+        clipped, norm = clip(update, state.clip_norm, per_layer)
+        contrib = jax.tree.map(lambda u: mask * u, clipped)
+        return contrib, mask, clip_stats(norm, mask, state)
+
+    def client_scale(norm, count, mask, state):
+        # Flat clipping is a scalar rescaling; clip_flat's factor, from the norm alone.
+        del count
+        scale = mask * jnp.minimum(1.0, state.clip_norm / jnp.maximum(norm, 1e-12))
+        return scale, mask, clip_stats(norm, mask, state)
 
     def finalize(total, total_weight, stats, state, key):
         update_key, count_key = jax.random.split(key)
@@ -144,7 +152,7 @@ def dp_fedavg(
             metrics["unclipped_estimate"] = unclipped
         return mean, new_state, metrics
 
-    return Aggregator(init, contribution, finalize)
+    return Aggregator(init, contribution, finalize, None if per_layer else client_scale)
 
 
 def default_count_noise_std(expected_cohort: float, noise_multiplier: float) -> float:

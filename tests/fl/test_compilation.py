@@ -18,8 +18,14 @@ def _cfg(*overrides):
 
 
 def test_poisson_cohorts_of_varying_size_compile_once():
-    cfg = _cfg("sampling=poisson", "sampling.rate=0.3", "dataset.num_clients=40",
-               "privacy=user_dp", "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0")
+    cfg = _cfg(
+        "sampling=poisson",
+        "sampling.rate=0.3",
+        "dataset.num_clients=40",
+        "privacy=user_dp",
+        "privacy.target_epsilon=null",
+        "privacy.noise_multiplier=1.0",
+    )
     exp = loop.build(cfg)
     state = exp.state
     sizes = []
