@@ -44,6 +44,12 @@ def round_rdp(event: RoundEvent, accountant: str) -> np.ndarray:
     Returns:
         float64 array of RDP values (``inf`` where unbounded).
     """
+    if event.is_distributed:
+        from fedpriv.accounting import distributed
+
+        if accountant != "rdp":
+            raise event.unsupported(repr(accountant))
+        return distributed.round_rdp(event, _DP_ORDERS)
     if accountant == "rdp":
         relation = (
             dp_accounting.NeighboringRelation.REPLACE_ONE

@@ -42,6 +42,9 @@ from fedpriv.errors import ConfigError
 
 #: Accountants that analyse sampling without replacement (replace-one adjacency).
 REPLACE_ONE_ACCOUNTANTS: tuple[str, ...] = ("rdp",)
+#: Accountants that analyse distributed DP (Skellam, distributed discrete Gaussian) through
+#: fedpriv's own RDP bounds (:mod:`fedpriv.accounting.distributed`).
+DISTRIBUTED_ACCOUNTANTS: tuple[str, ...] = ("rdp",)
 
 
 def supported_accountants(events: Iterable[EventLike]) -> list[str]:
@@ -54,12 +57,16 @@ def supported_accountants(events: Iterable[EventLike]) -> list[str]:
         ConfigError: if the ledger is invalid.
     """
     evs = as_events(events)
+    if any(ev.is_distributed for ev in evs):
+        return list(DISTRIBUTED_ACCOUNTANTS)
     if evs and evs[0].neighboring_relation == REPLACE_ONE:
         return list(REPLACE_ONE_ACCOUNTANTS)
     return list(ACCOUNTANTS)
 
 
-def _check_support(accountant: str, relation: str) -> None:
+def _check_support(accountant: str, relation: str, event: RoundEvent | None = None) -> None:
+    if event is not None and event.is_distributed and accountant not in DISTRIBUTED_ACCOUNTANTS:
+        raise event.unsupported(repr(accountant))
     if relation == REPLACE_ONE and accountant not in REPLACE_ONE_ACCOUNTANTS:
         raise ConfigError(
             "accountant",
@@ -82,9 +89,17 @@ def _epsilon_of_groups(
     """Epsilon of validated, homogeneous, grouped rounds."""
     if not groups:
         return 0.0
-    _check_support(accountant, groups[0][0].neighboring_relation)
+    for ev, _ in groups:
+        _check_support(accountant, ev.neighboring_relation, ev)
     if any(ev.noise_multiplier == 0.0 for ev, _ in groups):
         return math.inf  # no noise: no finite guarantee (every library agrees or fails)
+    if any(ev.is_distributed for ev, _ in groups):
+        # Distributed DP: RDP vectors of fedpriv's own bounds (and dp_accounting's, for any
+        # Gaussian rounds in the same ledger) added over rounds, converted as dp_accounting does.
+        from fedpriv.accounting import _rdp
+
+        total = sum(count * _rdp.round_rdp(ev, accountant) for ev, count in groups)
+        return _rdp.to_epsilon(accountant, total, delta)
     # Imported here: these libraries take about a second to import (scipy, torch).
     import dp_accounting
     from dp_accounting.pld import pld_privacy_accountant
@@ -240,7 +255,7 @@ class EpsilonTracker:
                 raise ConfigError(f"ledger[{t}].{err.field}", err.message) from None
         if self._events:
             check_homogeneous([self._events[0], ev])
-        _check_support(self.accountant, ev.neighboring_relation)
+        _check_support(self.accountant, ev.neighboring_relation, ev)
         if not self._warned and ev.population is not None:
             self._warned = warn_if_delta_too_large(self.delta, ev.population)
         self._events.append(ev)

@@ -37,6 +37,15 @@ unit        sampling    event, neighbouring relation
                         GaussianDpEvent(z)), steps)``, add/remove one example
 ==========  ==========  ===================================================================
 
+Distributed DP on secure aggregation (``mechanism`` ``"skellam"`` or ``"discrete_gaussian"``)
+adds the fields of :class:`fedpriv.privacy.distributed.DistributedNoise`: ``scale`` (integers
+per model unit), ``local_variance`` (each client's noise variance, or discrete Gaussian
+``sigma^2``, in integer units), ``noise_clients`` (the fewest clients whose noise is in every
+released sum), ``bits``, ``dimension`` (padded length) and ``l1_sensitivity`` /
+``l2_sensitivity`` (in integer units, rounding included). Such rounds are accounted by
+:mod:`fedpriv.accounting.distributed` under the ``"rdp"`` accountant only; ``noise_multiplier``
+is then ``sqrt(noise_clients * local_variance) / (scale * clip_norm)``.
+
 Runs of consecutive rounds with the same accounting parameters are grouped into one
 ``SelfComposedDpEvent`` so that a 10,000-round ledger costs the accountants one event.
 
@@ -75,7 +84,18 @@ if TYPE_CHECKING:
 LEDGER_FORMAT = 1
 UNITS: tuple[str, ...] = ("user", "example")
 SAMPLINGS: tuple[str, ...] = ("poisson", "fixed", "full")
-MECHANISMS: tuple[str, ...] = ("gaussian",)
+DISTRIBUTED_MECHANISMS: tuple[str, ...] = ("skellam", "discrete_gaussian")
+MECHANISMS: tuple[str, ...] = ("gaussian", *DISTRIBUTED_MECHANISMS)
+#: Fields of distributed-DP rounds only (absent from Gaussian records).
+_DISTRIBUTED_FIELDS: tuple[str, ...] = (
+    "scale",
+    "local_variance",
+    "noise_clients",
+    "bits",
+    "dimension",
+    "l1_sensitivity",
+    "l2_sensitivity",
+)
 
 #: Neighbouring relations, as names used in messages.
 ADD_REMOVE = "add/remove-one"
@@ -97,6 +117,8 @@ _FIELDS: tuple[str, ...] = (
     "example_sampling_rate",
     "realised_cohort",
     "count_noise_std",
+    *_DISTRIBUTED_FIELDS,
+    "replay",
 )
 _REQUIRED: tuple[str, ...] = (
     "format",
@@ -138,8 +160,12 @@ class RoundEvent:
         count_noise_std: Adaptive clipping only: std ``sigma_b`` of the noise on the sum of
             centred clip indicators (checked against ``noise_multiplier``, see the module
             docstring).
-        mechanism: ``"gaussian"``.
+        scale, local_variance, noise_clients, bits, dimension, l1_sensitivity,
+            l2_sensitivity: distributed DP only (see the module docstring).
+        mechanism: ``"gaussian"``, ``"skellam"`` or ``"discrete_gaussian"``.
         format: Ledger format, 1.
+        replay: True when the round ran again after a resume because its earlier run came
+            after the last checkpoint; accounted like any other round (never skipped).
 
     Privacy:
         A record states what ran; see :meth:`dp_event` for the guarantee it is accounted as.
@@ -158,8 +184,16 @@ class RoundEvent:
     example_sampling_rate: float | None = None
     realised_cohort: int | None = None
     count_noise_std: float | None = None
+    scale: float | None = None
+    local_variance: float | None = None
+    noise_clients: int | None = None
+    bits: int | None = None
+    dimension: int | None = None
+    l1_sensitivity: float | None = None
+    l2_sensitivity: float | None = None
     mechanism: str = "gaussian"
     format: int = LEDGER_FORMAT
+    replay: bool = False
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -178,6 +212,8 @@ class RoundEvent:
         _checks.choice("sampling", self.sampling, SAMPLINGS)
         put("noise_multiplier", _checks.nonnegative("noise_multiplier", self.noise_multiplier))
         put("steps", _checks.integer("steps", self.steps, 1))
+        if not isinstance(self.replay, bool):
+            raise ConfigError("replay", f"must be true or false, got {self.replay!r}")
         if self.population is not None:
             put("population", _checks.integer("population", self.population, 1))
         if self.realised_cohort is not None:
@@ -205,6 +241,46 @@ class RoundEvent:
                 )
         self._check_sampling(put)
         self._check_unit(put)
+        self._check_distributed(put)
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether this round is distributed DP (Skellam or discrete Gaussian)."""
+        return self.mechanism in DISTRIBUTED_MECHANISMS
+
+    def _check_distributed(self, put: Any) -> None:
+        if not self.is_distributed:
+            for name in _DISTRIBUTED_FIELDS:
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        name, f"is only for distributed mechanisms, not {self.mechanism!r}"
+                    )
+            return
+        for name in _DISTRIBUTED_FIELDS:
+            if getattr(self, name) is None:
+                raise ConfigError(name, f"is required for mechanism={self.mechanism!r}")
+        if self.unit != "user":
+            raise ConfigError("unit", f"must be 'user' for mechanism={self.mechanism!r}")
+        if self.count_noise_std is not None:
+            raise ConfigError("count_noise_std", f"must be null for mechanism={self.mechanism!r}")
+        put("scale", _checks.positive("scale", self.scale))
+        put("local_variance", _checks.nonnegative("local_variance", self.local_variance))
+        put("noise_clients", _checks.integer("noise_clients", self.noise_clients, 1))
+        bits = _checks.integer("bits", self.bits, 2)
+        if bits > 32:
+            raise ConfigError("bits", f"must be an integer in [2, 32], got {bits}")
+        put("bits", bits)
+        put("dimension", _checks.integer("dimension", self.dimension, 1))
+        put("l1_sensitivity", _checks.positive("l1_sensitivity", self.l1_sensitivity))
+        put("l2_sensitivity", _checks.positive("l2_sensitivity", self.l2_sensitivity))
+        if self.clip_norm is not None:
+            z = math.sqrt(self.noise_clients * self.local_variance) / (self.scale * self.clip_norm)
+            if not math.isclose(self.noise_multiplier, z, rel_tol=_RTOL, abs_tol=1e-12):
+                raise ConfigError(
+                    "noise_multiplier",
+                    f"is {self.noise_multiplier!r} but sqrt(noise_clients * local_variance) / "
+                    f"(scale * clip_norm) = {z!r}; the record does not describe one mechanism",
+                )
 
     def _update_noise_multiplier(self) -> float:
         """Noise multiplier of the update sum alone (differs only with adaptive clipping)."""
@@ -305,10 +381,15 @@ class RoundEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, with every field of format 1 in ledger order (``count_noise_std``
-        only when set)."""
+        only when set, ``replay`` only when true)."""
         out = {name: getattr(self, name) for name in _FIELDS}
         if out["count_noise_std"] is None:
             del out["count_noise_std"]
+        if not self.is_distributed:
+            for name in _DISTRIBUTED_FIELDS:
+                del out[name]
+        if not out["replay"]:
+            del out["replay"]
         return out
 
     @property
@@ -321,6 +402,13 @@ class RoundEvent:
     def accounting_key(self) -> tuple[Any, ...]:
         """The parameters the privacy cost depends on; equal keys mean equal events."""
         z = self.noise_multiplier
+        if self.is_distributed:
+            return (
+                self.mechanism,
+                self.neighboring_relation,
+                z,
+                *(getattr(self, name) for name in _DISTRIBUTED_FIELDS),
+            )
         if self.unit == "example":
             return ("example", z, self.steps, self.example_sampling_rate)
         if self.sampling == "poisson":
@@ -366,6 +454,8 @@ class RoundEvent:
         """
         from dp_accounting import dp_event
 
+        if self.is_distributed:
+            raise self.unsupported("dp_accounting event")
         z = self.noise_multiplier
         if self.unit == "example":
             step = dp_event.PoissonSampledDpEvent(
@@ -380,6 +470,14 @@ class RoundEvent:
             )
         return dp_event.GaussianDpEvent(z)
 
+    def unsupported(self, backend: str) -> ConfigError:
+        """The error for a backend that cannot analyse this distributed mechanism."""
+        return ConfigError(
+            "accountant",
+            f"mechanism {self.mechanism!r} is not analysed by the {backend} backend; it is "
+            "supported by rdp only (fedpriv.accounting.distributed)",
+        )
+
     def opacus_steps(self) -> tuple[float, float, int]:
         """This round as opacus accountant history ``(noise_multiplier, sample_rate, steps)``.
 
@@ -389,6 +487,8 @@ class RoundEvent:
         Raises:
             ConfigError: for fixed-size cohorts (replace-one adjacency).
         """
+        if self.is_distributed:
+            raise self.unsupported("opacus")
         z = self.noise_multiplier
         if self.unit == "example":
             return (z, self.example_sampling_rate, self.steps)
