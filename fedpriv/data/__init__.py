@@ -1,6 +1,6 @@
 """Federated data: population store, partitioners and data set loaders."""
 
-from fedpriv.data import partition
+from fedpriv.data import files, partition
 from fedpriv.data.datasets import FederatedData, available, load, register
 from fedpriv.data.store import CohortBatch, PopulationStore
 
@@ -9,6 +9,7 @@ __all__ = [
     "FederatedData",
     "PopulationStore",
     "available",
+    "files",
     "load",
     "partition",
     "register",
