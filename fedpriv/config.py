@@ -18,7 +18,10 @@ ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 SAMPLINGS = ("fixed", "poisson")
 CLIENT_OPTIMIZERS = ("sgd", "adam")
-PRIVACY = ("none", "user_dp", "user_dp_adaptive", "example_dp")
+PRIVACY = ("none", "user_dp", "user_dp_adaptive", "example_dp", "distributed_dp")
+SECAGG_MODES = ("none", "fast", "protocol")
+SECAGG_MASKS = ("verify", "expand")
+NOISE_KINDS = ("skellam", "discrete_gaussian")
 ACCOUNTANTS = ("rdp", "pld", "prv", "opacus_rdp")
 
 
@@ -89,6 +92,105 @@ def choice(cfg: Mapping[str, Any], path: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _run_control(cfg: Mapping[str, Any]) -> None:
+    """Checks ``resume``, ``checkpoint.*``, ``faults.*`` and ``dataset.path``."""
+    resume = _get(cfg, "resume", False)
+    if not isinstance(resume, bool):
+        raise ConfigError("resume", f"must be true or false, got {resume!r}")
+    number(cfg, "checkpoint.every", low=0, integer=True, required=False)
+    number(cfg, "checkpoint.keep", low=1, integer=True, required=False)
+    nan_clients = _get(cfg, "faults.nan_clients")
+    if nan_clients is not None:
+        if not isinstance(nan_clients, (list, tuple)):
+            raise ConfigError(
+                "faults.nan_clients", f"must be a list of client ids, got {nan_clients!r}"
+            )
+        clients = _get(cfg, "dataset.num_clients")
+        for cid in nan_clients:
+            top = "inf" if clients is None else int(clients) - 1
+            if (
+                isinstance(cid, bool)
+                or not isinstance(cid, int)
+                or cid < 0
+                or (clients is not None and cid >= int(clients))
+            ):
+                raise ConfigError(
+                    "faults.nan_clients", f"client ids must be integers in [0, {top}], got {cid!r}"
+                )
+    if _get(cfg, "dataset.name") == "npz":
+        path = _get(cfg, "dataset.path")
+        if not isinstance(path, str) or not path.strip():
+            raise ConfigError(
+                "dataset.path", f"is required for dataset=npz (a .npz file), got {path!r}"
+            )
+
+
+def validate_secagg(cfg: Mapping[str, Any]) -> None:
+    """Checks the ``secagg`` group and ``privacy=distributed_dp``.
+
+    Raises:
+        ConfigError: bits outside [2, 32], a threshold above the cohort size or the number of
+            neighbours, a dropout rate outside [0, 1), an unknown mode, mask mode or noise, or
+            distributed DP without secure aggregation.
+    """
+    mode = _get(cfg, "secagg.mode", "none")
+    if mode is None:
+        mode = "none"
+    if mode not in SECAGG_MODES:
+        raise ConfigError(
+            "secagg.mode", f"unknown value {mode!r}; choose from {list(SECAGG_MODES)}"
+        )
+    privacy = _get(cfg, "privacy.name", "none")
+    if privacy == "distributed_dp":
+        choice(cfg, "privacy.noise", NOISE_KINDS)
+        if mode == "none":
+            raise ConfigError(
+                "secagg.mode",
+                "privacy=distributed_dp needs secure aggregation; choose secagg=fast or "
+                "secagg=protocol",
+            )
+        accountant = _get(cfg, "privacy.accountant")
+        if accountant not in (None, "rdp"):
+            raise ConfigError(
+                "privacy.accountant",
+                f"distributed DP is supported by rdp only, got {accountant!r}",
+            )
+    if mode == "none":
+        return
+    number(cfg, "secagg.bits", low=2, high=32, integer=True)
+    number(cfg, "secagg.scale", low=0, low_open=True, required=False)
+    number(cfg, "secagg.bound", low=0, low_open=True, required=False)
+    if _get(cfg, "secagg.masks") is not None:
+        choice(cfg, "secagg.masks", SECAGG_MASKS)
+    rotation = _get(cfg, "secagg.rotation", True)
+    if not isinstance(rotation, bool):
+        raise ConfigError("secagg.rotation", f"must be true or false, got {rotation!r}")
+    neighbours = number(cfg, "secagg.neighbours", low=1, integer=True, required=False)
+    threshold = number(cfg, "secagg.threshold", low=1, integer=True, required=False)
+    dropout = number(cfg, "secagg.dropout", low=0, high=1, high_open=True, required=False) or 0.0
+    late = number(cfg, "secagg.late_dropout", low=0, high=1, high_open=True, required=False) or 0
+    if dropout + late >= 1:
+        raise ConfigError(
+            "secagg.late_dropout",
+            f"secagg.dropout + secagg.late_dropout must be < 1, got {dropout} + {late}",
+        )
+    if threshold is not None:
+        cohort = None
+        if _get(cfg, "sampling.kind") == "fixed":
+            cohort = _get(cfg, "sampling.cohort_size")
+        if cohort is not None and threshold > int(cohort):
+            raise ConfigError(
+                "secagg.threshold",
+                f"must be at most the cohort size (sampling.cohort_size={cohort}), got {threshold}",
+            )
+        if neighbours is not None and threshold > neighbours:
+            raise ConfigError(
+                "secagg.threshold",
+                f"must be at most secagg.neighbours ({neighbours}): shares go to the "
+                f"neighbours, got {threshold}",
+            )
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
     """Checks a composed ``fedpriv-train`` configuration.
 
@@ -98,6 +200,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     number(cfg, "seed", low=0, integer=True)
     number(cfg, "rounds", low=1, integer=True)
     number(cfg, "eval_every", low=1, integer=True)
+    _run_control(cfg)
 
     from fedpriv.data import available as available_datasets
 
@@ -173,6 +276,10 @@ def validate(cfg: Mapping[str, Any]) -> None:
     devices = _get(cfg, "execution.devices", "auto")
     if devices not in (None, "auto"):
         number(cfg, "execution.devices", low=1, integer=True)
+    validate_secagg(cfg)
+
+    if _get(cfg, "execution.path") is not None:
+        choice(cfg, "execution.path", ("auto", "direct", "lowrank"))
     chunk = _get(cfg, "execution.chunk_size", "auto")
     if chunk not in (None, "auto"):
         number(cfg, "execution.chunk_size", low=1, integer=True)

@@ -14,10 +14,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from fedpriv import validation
 from fedpriv.errors import ConfigError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-RUN_FILES = ("metrics.jsonl", "ledger.jsonl", "summary.json")
+RUN_FILES = ("metrics.jsonl", "ledger.jsonl", "summary.json", "checkpoints")
 
 
 def split_args(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -110,10 +111,11 @@ def check_command_line(
             OmegaConf.create({k: v for k, v in plain.items()}), resolve=True
         )
         validate(resolved)
-        if not multirun and not resolved.get(resume_key, False):
-            explicit = [o for o in job if o.startswith("hydra.run.dir=")]
-            if explicit:
-                run_dir = Path(explicit[-1].split("=", 1)[1])
+        validation.check_data_files(resolved)
+        explicit = [o for o in job if o.startswith("hydra.run.dir=")]
+        run_dir = Path(explicit[-1].split("=", 1)[1]) if explicit else None
+        if not multirun and run_dir is not None:
+            if not resolved.get(resume_key, False):
                 existing = [f for f in RUN_FILES if (run_dir / f).exists()]
                 if existing:
                     raise ConfigError(
@@ -121,3 +123,21 @@ def check_command_line(
                         f"{run_dir} already holds a run ({existing[0]}); choose a new "
                         f"directory or pass {resume_key}=true to continue it",
                     )
+            else:
+                validation.check_resume(run_dir, resolved)
+        _check_output_dirs(cfg, job, multirun)
+
+
+def _check_output_dirs(cfg: Any, job: list[str], multirun: bool) -> None:
+    """The run (or sweep) directory must be creatable and writable."""
+    field = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    explicit = [o for o in job if o.startswith(f"{field}=")]
+    if explicit:
+        path = explicit[-1].split("=", 1)[1]
+    else:
+        try:
+            path = OmegaConf.select(cfg, field)
+        except Exception:  # noqa: BLE001 - an unresolvable default is left to Hydra
+            return
+    if path:
+        validation.check_output_dir(path, field)

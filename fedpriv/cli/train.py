@@ -33,6 +33,15 @@ def _train(cfg: DictConfig) -> float | None:
         summary = loop.run(plain, run_dir, progress=bool(plain.get("progress", True)))
     except ConfigError as err:
         fail(str(err))
+    except loop.Interrupted as err:
+        # 128 + signal number, as a shell reports a process killed by that signal, so a
+        # scheduler sees the run did not finish; the checkpoint makes it resumable.
+        print(
+            f"fedpriv: {err}; continue with resume=true hydra.run.dir={run_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(128 + err.signum) from None
     acc = summary["final"].get("test_accuracy")
     print(final_line(summary, run_dir), flush=True)
     return acc
@@ -45,9 +54,9 @@ def final_line(summary: dict, run_dir: str) -> str:
     if "epsilon" in summary:
         eps = summary["epsilon"]
         main = summary["accountant"]
-        others = ", ".join(f"{k} {v:.3g}" for k, v in eps.items() if k != main)
+        others = "".join(f"; {k} {v:.3g}" for k, v in eps.items() if k != main)
         head += (
-            f" at epsilon {eps[main]:.3f} ({main}; {others}), delta {summary['delta']:.0e}"
+            f" at epsilon {eps[main]:.3f} ({main}{others}), delta {summary['delta']:.0e}"
             f", {summary['privacy']['unit']}-level DP"
         )
     else:

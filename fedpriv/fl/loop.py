@@ -13,7 +13,9 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,16 +27,20 @@ import numpy as np
 
 from fedpriv import data as data_lib
 from fedpriv import models
-from fedpriv.fl import planner
+from fedpriv.errors import ConfigError
+from fedpriv.fl import checkpoint as checkpoint_lib
+from fedpriv.fl import lowrank, planner
 from fedpriv.fl.client import make_client_optimizer
 from fedpriv.fl.round import RoundInputs, ServerState, init_server_state, make_round
 from fedpriv.fl.sampling import build_sampler
 from fedpriv.fl.server import server_optimizer
-from fedpriv.privacy.ledger import LedgerWriter
+from fedpriv.privacy.ledger import LEDGER_FILE, LedgerWriter
 from fedpriv.privacy.plan import PrivacyPlan, build_plan
+from fedpriv.validation import check_output_dir, read_jsonl
 
 # Purposes of the keys split from the root seed (DESIGN.md, rule 5).
 KEY_DATA, KEY_INIT, KEY_SAMPLING, KEY_ROUND = 0, 1, 2, 3
+KEY_SECAGG = 4
 
 
 def purpose_key(seed: int, purpose: int) -> jax.Array:
@@ -106,6 +112,7 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         np.asarray(jax.random.key_data(purpose_key(seed, KEY_DATA))).astype(np.uint64)
     )
     data = data_lib.load(cfg["dataset"], data_rng)
+    data = inject_faults(data, cfg.get("faults"))
     model_cfg = {k: v for k, v in dict(cfg["model"]).items() if k != "name"}
     model = models.build(cfg["model"]["name"], data.num_classes, **model_cfg)
     params = model.init(purpose_key(seed, KEY_INIT), jnp.zeros((1,) + data.example_shape))
@@ -123,7 +130,13 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         float(cfg["client"].get("momentum") or 0.0),
     )
     privacy = build_plan(
-        cfg.get("privacy") or {"name": "none"}, sampler, sizes, cfg["client"], int(cfg["rounds"])
+        cfg.get("privacy") or {"name": "none"},
+        sampler,
+        sizes,
+        cfg["client"],
+        int(cfg["rounds"]),
+        secagg_cfg=cfg.get("secagg"),
+        num_params=sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)),
     )
     client_update = privacy.client_update(
         model.apply,
@@ -141,7 +154,9 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         float(alg.get("beta2") or 0.99),
         float(alg.get("tau") or 1e-3),
     )
-    aggregator = privacy.aggregator(alg.get("weighting", "count"))
+    aggregator = privacy.aggregator(
+        alg.get("weighting", "count"), key=purpose_key(seed, KEY_SECAGG), params=params
+    )
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     example_bytes = int(np.prod(data.example_shape)) * data.train.x.dtype.itemsize
     exec_plan = planner.plan(
@@ -160,13 +175,77 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
     )
     if warning:
         print(f"fedpriv: warning: {warning}", file=sys.stderr, flush=True)
-    round_fn = jax.jit(
-        make_round(client_update, aggregator, server_opt, exec_plan.chunk_size, mesh)
-    )
+    if privacy.secagg is not None and privacy.secagg.mode == "protocol":
+        # The protocol runs on the host between two jit-compiled halves of the round.
+        from fedpriv.privacy.secagg.host_round import make_protocol_round
+
+        round_fn = make_protocol_round(client_update, aggregator, server_opt, privacy.secagg)
+    else:
+        local_sums = None
+        path = lowrank.choose_path(
+            str((cfg.get("execution") or {}).get("path", "auto")),
+            params,
+            cfg["client"],
+            aggregator,
+            privacy.unit == "example",
+        )
+        if path == "lowrank":
+            exec_plan = _lowrank_plan(exec_plan, params, n_cap, cfg["client"])
+            local_sums = lowrank.make_lowrank_cohort_sums(
+                lowrank.dense_layers(params),
+                float(cfg["client"]["lr"]),
+                int(cfg["client"]["epochs"]),
+                int(cfg["client"]["batch_size"]),
+                n_cap,
+                aggregator,
+                exec_plan.chunk_size,
+            )
+        round_fn = jax.jit(
+            make_round(
+                client_update,
+                aggregator,
+                server_opt,
+                exec_plan.chunk_size,
+                mesh,
+                local_sums=local_sums,
+            )
+        )
+        if mesh is not None:
+            round_fn = _replicating(round_fn, mesh)
     state = init_server_state(params, server_opt, aggregator)
     return Experiment(
         cfg, data, model, sampler, exec_plan, n_cap, round_fn, state, privacy, mesh=mesh
     )
+
+
+class _replicating:
+    """Calls a jitted round with the server state replicated over the mesh.
+
+    The state may arrive on one device (fresh, or restored from a checkpoint); ``device_put``
+    to the replicated sharding is a no-op once it is there.
+    """
+
+    def __init__(self, jitted: Callable, mesh: jax.sharding.Mesh):
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        self.jitted = jitted
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+
+    def __call__(self, state, inputs, key):
+        return self.jitted(jax.device_put(state, self.replicated), inputs, key)
+
+    def _cache_size(self) -> int:
+        return self.jitted._cache_size()
+
+
+def _lowrank_plan(exec_plan, params, n_cap: int, client_cfg) -> planner.ExecutionPlan:
+    """The same slots per device, regrouped in the wide chunks the factored path wants."""
+    per_device = exec_plan.chunk_size * exec_plan.num_chunks
+    dims = [tuple(layer["kernel"].shape) for layer in params["params"].values()]
+    k = lowrank.lowrank_chunk(
+        per_device, n_cap, int(client_cfg["batch_size"]), int(client_cfg["epochs"]), dims
+    )
+    return dataclasses.replace(exec_plan, chunk_size=k, num_chunks=math.ceil(per_device / k))
 
 
 @jax.jit
@@ -246,12 +325,160 @@ def _final_epsilons(plan: PrivacyPlan, ledger: list[dict]) -> dict[str, float]:
     return out
 
 
+class Interrupted(Exception):
+    """Training stopped by SIGTERM or SIGINT after a checkpoint was written.
+
+    Attributes:
+        signum: the signal received.
+        round: the last completed round (the checkpoint's round).
+        checkpoint: the checkpoint directory written.
+    """
+
+    def __init__(self, signum: int, rnd: int, checkpoint: Path):
+        self.signum, self.round, self.checkpoint = signum, rnd, checkpoint
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name} after round {rnd}; checkpoint {checkpoint}")
+
+
+class _StopSignals:
+    """Turns SIGTERM and SIGINT into a flag that the loop checks after every round."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def inject_faults(data: data_lib.FederatedData, faults: Mapping[str, Any] | None):
+    """Applies ``faults`` from the configuration to the loaded data (for robustness tests).
+
+    ``faults.nan_clients``: the features of these clients become NaN, so every round they
+    take part in, their local training diverges; the round drops them and counts them in
+    ``nonfinite_clients``.
+
+    Raises:
+        ConfigError: a client id outside the population.
+    """
+    ids = list((faults or {}).get("nan_clients") or [])
+    if not ids:
+        return data
+    train = data.train
+    n = train.num_clients
+    for cid in ids:
+        if isinstance(cid, bool) or not isinstance(cid, int) or not 0 <= cid < n:
+            raise ConfigError(
+                "faults.nan_clients", f"client ids must be integers in [0, {n - 1}], got {cid!r}"
+            )
+    x = np.array(train.x, dtype=np.result_type(train.x.dtype, np.float32))
+    for cid in ids:
+        x[train.offsets[cid] : train.offsets[cid + 1]] = np.nan
+    return dataclasses.replace(data, train=dataclasses.replace(train, x=x))
+
+
+@dataclasses.dataclass
+class _Start:
+    """Where a run starts: round 0, or the state restored from a checkpoint."""
+
+    round: int = 0
+    state: ServerState | None = None
+    ledger: list[dict] = dataclasses.field(default_factory=list)
+    metrics_lines: int = 0
+    last_eval: dict[str, float] = dataclasses.field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+def _resume_point(exp: Experiment, run_dir: Path, ckpt: checkpoint_lib.Checkpointer) -> _Start:
+    """Reads and checks what a resumed run continues from; writes nothing.
+
+    The ledger is read whole: rounds that ran after the checkpoint consumed privacy and stay.
+
+    Raises:
+        ConfigError: naming the checkpoint, ledger or metrics file that is bad.
+    """
+    start = _Start()
+    ledger = read_jsonl(run_dir / LEDGER_FILE)
+    restored = ckpt.restore(exp.state)
+    if restored is not None:
+        state, meta = restored
+        start = _Start(
+            round=int(meta["round"]),
+            state=state,
+            metrics_lines=int(meta["metrics_lines"]),
+            last_eval=dict(meta.get("last_eval") or {}),
+            checkpoint=ckpt.root / str(meta["round"]),
+        )
+        if int(np.asarray(state.round)) != start.round:
+            raise ConfigError(
+                str(start.checkpoint),
+                f"holds server state after round {int(np.asarray(state.round))} but says "
+                f"round {start.round}",
+            )
+        tracked = (meta.get("epsilon_tracker") or {}).get("events") or []
+        if len(ledger) < int(meta["ledger_lines"]) or len(tracked) > len(ledger):
+            raise ConfigError(
+                str(run_dir / LEDGER_FILE),
+                f"has {len(ledger)} records but checkpoint {start.checkpoint} was written "
+                f"after {meta['ledger_lines']}; a ledger must never shrink",
+            )
+        from fedpriv.accounting import RoundEvent
+
+        for t, saved in enumerate(tracked):
+            try:
+                same = RoundEvent.from_dict(ledger[t]).to_dict() == saved
+            except ConfigError:
+                same = False
+            if not same:
+                raise ConfigError(
+                    str(run_dir / LEDGER_FILE),
+                    f"record {t} differs from the copy in checkpoint {start.checkpoint}; the "
+                    "ledger was edited",
+                )
+    read_jsonl(run_dir / "metrics.jsonl", start.metrics_lines)
+    start.ledger = ledger
+    return start
+
+
+def _truncate_lines(path: Path, lines: int) -> None:
+    """Keeps the first ``lines`` lines of ``path`` (atomically; creates an empty file)."""
+    kept: list[str] = []
+    if path.exists() and lines:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if len(kept) == lines:
+                    break
+                if line.strip():
+                    kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = True) -> dict:
     """Trains as configured and writes the run directory.
 
     Writes ``metrics.jsonl`` (a line per round, with ``epsilon`` spent so far under DP),
-    ``ledger.jsonl`` (one DP event per round, appended by the privacy plan that ran; absent
-    without DP) and ``summary.json``.
+    ``ledger.jsonl`` (one DP event per executed round, appended by the privacy plan that ran;
+    absent without DP), ``checkpoints/`` (every ``checkpoint.every`` rounds, at the end, and
+    on SIGTERM/SIGINT), ``final_params.npz`` and ``summary.json``.
+
+    With ``resume: true`` the run continues from the newest checkpoint in ``run_dir`` (from
+    round 0 when there is none). The ledger is kept whole: rounds that ran after that
+    checkpoint stay in it, and when they run again their records carry ``"replay": true``, so
+    epsilon, computed over the whole ledger, never under-counts. ``metrics.jsonl`` is cut back
+    to the checkpoint's round. Keys depend only on the seed and the round, so a resumed run
+    ends with the same parameters as one that was never interrupted.
 
     Args:
         cfg: a validated configuration (plain dicts).
@@ -260,37 +487,82 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
 
     Returns:
         The summary dict (also written to ``summary.json``).
+
+    Raises:
+        ConfigError: bad data, checkpoint, ledger or metrics file; nothing has been written.
+        Interrupted: SIGTERM or SIGINT arrived; the checkpoint of the last round is written.
     """
     from tqdm.auto import tqdm
 
     from fedpriv import accounting
 
-    start = time.time()
+    start_time = time.time()
     run_dir = Path(run_dir)
+    check_output_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    resume = bool(cfg.get("resume", False))
+    ck_cfg = cfg.get("checkpoint") or {}
+    every = int(ck_cfg.get("every", 25) or 0)
+    ckpt = checkpoint_lib.Checkpointer(run_dir, int(ck_cfg.get("keep", 2) or 2))
     exp = build(cfg)
     plan = exp.privacy
     rounds, eval_every = int(cfg["rounds"]), int(cfg["eval_every"])
     stop_at = (cfg.get("privacy") or {}).get("stop_at_epsilon")
+
+    # Everything is read and checked before anything in the run directory changes.
+    begin = _resume_point(exp, run_dir, ckpt) if resume else _Start()
     tracker = accounting.EpsilonTracker(plan.delta, plan.accountant) if plan.is_private else None
+    if begin.ledger:
+        if tracker is None:
+            raise ConfigError(
+                str(run_dir / LEDGER_FILE),
+                "holds DP events but this configuration has privacy=none; resume with the "
+                "privacy setting the run was made with",
+            )
+        try:
+            tracker.extend(begin.ledger)  # rebuilt from the ledger file itself, every line
+        except ConfigError as err:
+            raise ConfigError(f"{run_dir / LEDGER_FILE}: {err.field}", err.message) from None
+    ledger_records = list(begin.ledger)
+    recorded_rounds = {int(r.get("round", -1)) for r in ledger_records}
+    replayed = sum(bool(r.get("replay")) for r in ledger_records)
+
+    _truncate_lines(run_dir / "metrics.jsonl", begin.metrics_lines)
     ledger = LedgerWriter(run_dir) if plan.is_private else None
-    ledger_records: list[dict] = []
-    state = exp.state
-    last_eval: dict[str, float] = {}
+    state = exp.state if begin.state is None else begin.state
+    done = begin.round
+    metrics_lines = begin.metrics_lines
+    last_eval: dict[str, float] = dict(begin.last_eval)
+    saved_at: int | None = begin.round if begin.checkpoint is not None else None
     compile_start = time.time()
     compile_s = 0.0
     record: dict[str, Any] = {}
+    epsilon = tracker.epsilon if tracker is not None and tracker.rounds else None
+    stopped = stop_at is not None and epsilon is not None and epsilon >= float(stop_at)
+
+    def save(rnd: int) -> Path:
+        meta = {
+            "metrics_lines": metrics_lines,
+            "ledger_lines": len(ledger_records),
+            "epsilon_tracker": tracker.state_dict() if tracker is not None else None,
+            "config": {k: v for k, v in cfg.items() if k != "resume"},
+            "last_eval": last_eval,
+        }
+        return ckpt.save(rnd, state, meta)
+
     bar = tqdm(
         total=rounds,
+        initial=min(done, rounds),
         desc="fedpriv",
         unit="round",
         disable=not progress,
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    with open(run_dir / "metrics.jsonl", "w") as metrics_file:
-        batch = exp.cohort(1)
-        for rnd in range(1, rounds + 1):
+    with _StopSignals() as signals, open(run_dir / "metrics.jsonl", "a") as metrics_file:
+        batch = exp.cohort(done + 1) if done < rounds and not stopped else None
+        while done < rounds and not stopped and signals.received is None:
+            rnd = done + 1
             t0 = time.time()
             state, metrics = exp.round_fn(state, batch, exp.round_key(rnd))
             if rnd < rounds:  # gathered while the device computes this round
@@ -298,6 +570,10 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
             record = {"round": rnd, **_to_python(metrics)}
             event = plan.ledger_record(rnd, record)
             if event is not None:
+                if rnd in recorded_rounds:  # ran before, after the checkpoint we resumed from
+                    event = {**event, "replay": True}
+                    record["replay"] = True
+                    replayed += 1
                 ledger.append(event)
                 ledger_records.append(event)
                 record["epsilon"] = tracker.add(event)
@@ -307,7 +583,9 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
             record["seconds"] = round(time.time() - t0, 6)
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
-            if rnd == 1:
+            metrics_lines += 1
+            done = rnd
+            if rnd == begin.round + 1:
                 compile_s = time.time() - compile_start
             bar.update(1)
             post = {"loss": f"{record['train_loss']:.3f}" if record["train_loss"] else "nan"}
@@ -319,20 +597,36 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
             if stop_at is not None and record.get("epsilon", 0.0) >= float(stop_at):
                 if rnd % eval_every and rnd != rounds:
                     last_eval = exp.evaluate(state.params)
-                break
+                stopped = True
+            if every and rnd % every == 0 and signals.received is None:
+                save(rnd)
+                saved_at = rnd
         bar.close()
+        if signals.received is not None:
+            path = save(done) if saved_at != done else ckpt.root / str(done)
+            if ledger is not None:
+                ledger.close()
+            ckpt.close()
+            raise Interrupted(signals.received, done, path)
     if ledger is not None:
         ledger.close()
+    if not last_eval or done == begin.round:
+        last_eval = exp.evaluate(state.params)
+    if saved_at != done:
+        save(done)
+    ckpt.close()
+    checkpoint_lib.save_final_params(run_dir, state.params)
     exp.state = state
-    wall = time.time() - start
+    wall = time.time() - start_time
+    executed = done - begin.round
     summary = {
-        "rounds": int(record.get("round", 0)),
+        "rounds": int(done),
         "planned_rounds": rounds,
         "final": last_eval,
         "train_loss": record.get("train_loss"),
         "wall_seconds": round(wall, 3),
         "compile_seconds": round(compile_s, 3),
-        "rounds_per_second": round(rounds / max(wall, 1e-9), 3),
+        "rounds_per_second": round(executed / max(wall, 1e-9), 3),
         "population": exp.data.train.num_clients,
         "sampling": {"kind": exp.sampler.kind, "expected_cohort": exp.sampler.expected_size},
         "privacy": plan.describe(),
@@ -341,10 +635,14 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
         "devices": [str(d) for d in jax.devices()],
         "versions": package_versions(),
     }
+    if resume:
+        summary["resumed_from"] = int(begin.round)
     if plan.is_private:
         summary["epsilon"] = _final_epsilons(plan, ledger_records)
         summary["delta"] = plan.delta
         summary["accountant"] = plan.accountant
-        summary["epsilon_spent"] = record.get("epsilon")
+        summary["epsilon_spent"] = tracker.epsilon if tracker.rounds else None
+        summary["ledger_events"] = len(ledger_records)
+        summary["replayed_rounds"] = replayed
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

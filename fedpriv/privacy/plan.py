@@ -28,7 +28,7 @@ from fedpriv.privacy.aggregators import (
 from fedpriv.privacy.dpsgd import make_dpsgd_client_update
 from fedpriv.privacy.ledger import LEDGER_FORMAT
 
-MECHANISMS = ("none", "user_dp", "user_dp_adaptive", "example_dp")
+MECHANISMS = ("none", "user_dp", "user_dp_adaptive", "example_dp", "distributed_dp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,8 @@ class PrivacyPlan:
         target_epsilon: the epsilon the noise was calibrated to, if any.
         accountant: accountant used for calibration and per-round epsilon.
         rounds: planned number of rounds.
+        secagg: secure-aggregation settings (None: plain floating-point sums); for
+            ``distributed_dp`` they include the per-client noise.
     """
 
     name: str
@@ -70,18 +72,34 @@ class PrivacyPlan:
     target_epsilon: float | None = None
     accountant: str = "rdp"
     rounds: int = 0
+    secagg: Any = None
 
     @property
     def is_private(self) -> bool:
         return self.name != "none"
 
-    def aggregator(self, weighting: str = "count") -> Aggregator:
+    def aggregator(
+        self, weighting: str = "count", key: Any = None, params: Any = None
+    ) -> Aggregator:
         """The server-side aggregation this plan requires.
 
         User-level DP uses :func:`~fedpriv.privacy.aggregators.dp_fedavg`; example-level DP
         and no DP use FedAvg's weighted mean (each example-DP client update is already
-        private, so weighting it is post-processing).
+        private, so weighting it is post-processing). With secure aggregation that aggregator
+        is wrapped by :func:`~fedpriv.privacy.secagg.fast.secure_aggregator` (``key``: the
+        secure-aggregation purpose key; ``params``: a parameter tree of the model); for
+        distributed DP the wrapped DP-FedAvg adds no noise of its own (the clients do).
         """
+        if self.secagg is not None:
+            from fedpriv.privacy.secagg.fast import secure_aggregator
+
+            if key is None or params is None:
+                raise ValueError("secure aggregation needs the secagg key and the parameters")
+            if self.name == "distributed_dp":
+                inner = dp_fedavg(self.clip_norm, 0.0, self.expected_cohort)
+            else:
+                inner = dataclasses.replace(self, secagg=None).aggregator(weighting)
+            return secure_aggregator(inner, self.secagg, key, params)
         if self.unit == "user":
             return dp_fedavg(
                 self.clip_norm,
@@ -100,7 +118,15 @@ class PrivacyPlan:
         batch_size: int,
         n_cap: int,
     ) -> Callable:
-        """The client update: local SGD, or DP-SGD for example-level privacy."""
+        """The client update: local SGD, or DP-SGD for example-level privacy; with secure
+        aggregation it also carries the client's secure-aggregation key."""
+        if self.secagg is not None:
+            from fedpriv.privacy.secagg.fast import with_client_key
+
+            inner = dataclasses.replace(self, secagg=None)
+            return with_client_key(
+                inner.client_update(apply_fn, optimizer, epochs, batch_size, n_cap)
+            )
         if self.unit == "example":
             return make_dpsgd_client_update(
                 apply_fn,
@@ -121,6 +147,8 @@ class PrivacyPlan:
         """
         if not self.is_private:
             return None
+        if self.name == "distributed_dp":
+            return self._distributed_record(rnd, metrics)
         if self.unit == "user":
             clip_norm = float(metrics["clip_norm"])
             noise_std = float(metrics["noise_std"])
@@ -148,9 +176,30 @@ class PrivacyPlan:
             **({"count_noise_std": self.adaptive.count_noise_std} if self.adaptive else {}),
         }
 
+    def _distributed_record(self, rnd: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        noise = self.secagg.noise
+        return {
+            "format": LEDGER_FORMAT,
+            "round": int(rnd),
+            "unit": "user",
+            "sampling": self.sampling,
+            "sampling_rate": self.sampling_rate,
+            "population": self.population,
+            "cohort_size": int(round(self.expected_cohort)),
+            "noise_multiplier": self.noise_multiplier,
+            "clip_norm": self.clip_norm,
+            "noise_std": self.noise_multiplier * self.clip_norm,
+            "steps": 1,
+            "example_sampling_rate": None,
+            "realised_cohort": int(metrics["clients"]),
+            **noise.record(),
+        }
+
     def describe(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        secagg = self.secagg
+        d = dataclasses.asdict(dataclasses.replace(self, secagg=None))
         d["adaptive"] = self.adaptive._asdict() if self.adaptive else None
+        d["secagg"] = None if secagg is None else secagg.describe()
         return d
 
 
@@ -165,15 +214,29 @@ def build_plan(
     client_sizes: np.ndarray,
     client_cfg: Mapping[str, Any],
     rounds: int,
+    secagg_cfg: Mapping[str, Any] | None = None,
+    num_params: int | None = None,
 ) -> PrivacyPlan:
     """Builds the plan from the ``privacy`` config and the sampler that will run.
 
     With ``privacy.target_epsilon`` set, the noise multiplier is calibrated (one-sided) with
-    ``privacy.accountant`` for the planned rounds before training starts.
+    ``privacy.accountant`` for the planned rounds before training starts. ``secagg_cfg``
+    (the ``secagg`` group) and ``num_params`` (the model size) resolve secure aggregation
+    (:func:`fedpriv.privacy.secagg.plan.resolve`).
 
     Raises:
         ConfigError: a bad privacy setting, or one that cannot work with this population.
     """
+    if (secagg_cfg or {}).get("mode", "none") != "none" or privacy_cfg.get("name") == (
+        "distributed_dp"
+    ):
+        from fedpriv.privacy.secagg.plan import build_secure_plan
+
+        without = dict(privacy_cfg)
+        if without.get("name") == "distributed_dp":
+            without = {"name": "none"}
+        base = build_plan(without, sampler, client_sizes, client_cfg, rounds)
+        return build_secure_plan(base, privacy_cfg, secagg_cfg or {}, num_params)
     name = privacy_cfg.get("name", "none")
     if name not in MECHANISMS:
         raise ConfigError(
