@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 from fedpriv.accounting import _checks
 from fedpriv.accounting.accountants import _check_support, _epsilon_of_groups
@@ -106,40 +107,60 @@ def calibrate_noise(
         event = dataclasses.replace(template, noise_multiplier=z)
         return _epsilon_of_groups([(event, rounds)], delta, accountant)
 
+    return smallest_noise(eps, target, max_noise=max_noise, context=f" under {accountant!r}")
+
+
+def smallest_noise(
+    epsilon_of: Callable[[float], float],
+    target: float,
+    *,
+    max_noise: float = DEFAULT_MAX_NOISE,
+    min_noise: float = MIN_NOISE,
+    rtol: float = RTOL,
+    context: str = "",
+) -> float:
+    """Smallest ``z`` in ``[min_noise, max_noise]`` with ``epsilon_of(z) <= target``.
+
+    ``epsilon_of`` must be non-increasing in ``z``. The bracket grows by doubling or halving
+    from 1, then geometric bisection keeps ``epsilon_of(lo) > target >= epsilon_of(hi)``
+    until ``hi / lo <= 1 + rtol``; ``hi`` is returned, so the result always meets the target.
+
+    Raises:
+        ConfigError: naming ``target_epsilon`` when even ``max_noise`` misses the target, or
+            when every noise down to ``min_noise`` meets it (calibration is meaningless).
+    """
     z = min(1.0, max_noise)
-    if eps(z) <= target:
+    if epsilon_of(z) <= target:
         hi = z
         lo = hi / 2.0
-        while eps(lo) <= target:
+        while epsilon_of(lo) <= target:
             hi = lo
-            if hi <= MIN_NOISE:
+            if hi <= min_noise:
                 raise ConfigError(
                     "target_epsilon",
-                    f"{target!r} is met by every noise multiplier down to {MIN_NOISE} under "
-                    f"{accountant!r}; the plan barely touches the data, calibration is "
-                    "meaningless",
+                    f"{target!r} is met by every noise multiplier down to {min_noise}{context}; "
+                    "the plan barely touches the data, calibration is meaningless",
                 )
-            lo = max(hi / 2.0, MIN_NOISE / 2.0)
+            lo = max(hi / 2.0, min_noise / 2.0)
     else:
         lo = z
         hi = min(2.0 * lo, max_noise)
         while True:
-            e_hi = eps(hi)
+            e_hi = epsilon_of(hi)
             if e_hi <= target:
                 break
             if hi >= max_noise:
                 raise ConfigError(
                     "target_epsilon",
                     f"{target!r} cannot be reached with noise_multiplier <= max_noise="
-                    f"{max_noise:g} ({accountant!r} gives epsilon {e_hi:.4g} there); raise "
-                    "max_noise or the target",
+                    f"{max_noise:g}{context} (epsilon {e_hi:.4g} there); raise max_noise or "
+                    "the target",
                 )
             lo = hi
             hi = min(2.0 * hi, max_noise)
-    # Invariant: eps(lo) > target >= eps(hi).
-    while hi > lo * (1.0 + RTOL):
+    while hi > lo * (1.0 + rtol):
         mid = math.sqrt(lo * hi)
-        if eps(mid) <= target:
+        if epsilon_of(mid) <= target:
             hi = mid
         else:
             lo = mid

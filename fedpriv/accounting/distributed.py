@@ -167,29 +167,13 @@ def calibrate(
         ConfigError: naming ``target_epsilon`` when it cannot be met below ``max_noise``.
     """
     del delta  # part of epsilon_of; kept for the calibrate_noise-like signature
-    hi = 1.0
-    while epsilon_of(hi) > target_epsilon:
-        if hi >= max_noise:
-            raise ConfigError(
-                "target_epsilon",
-                f"{target_epsilon!r} cannot be reached with noise_multiplier <= {max_noise:g} "
-                "for this distributed mechanism (quantisation inflates the sensitivity); raise "
-                "the target, the bits or the scale",
-            )
-        hi = min(2.0 * hi, max_noise)
-    lo = hi / 2.0
-    while epsilon_of(lo) <= target_epsilon:
-        hi, lo = lo, lo / 2.0
-        if hi <= min_noise:
-            raise ConfigError(
-                "target_epsilon",
-                f"{target_epsilon!r} is met by every noise multiplier down to {min_noise}; "
-                "calibration is meaningless",
-            )
-    while hi > lo * (1.0 + rtol):
-        mid = math.sqrt(lo * hi)
-        if epsilon_of(mid) <= target_epsilon:
-            hi = mid
-        else:
-            lo = mid
-    return float(hi)
+    from fedpriv.accounting.calibration import smallest_noise
+
+    return smallest_noise(
+        epsilon_of,
+        target_epsilon,
+        max_noise=max_noise,
+        min_noise=min_noise,
+        rtol=rtol,
+        context=" for this distributed mechanism (quantisation inflates the sensitivity)",
+    )

@@ -57,6 +57,35 @@ def _tree_all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack(leaves))
 
 
+def client_contribution(
+    client_update: Callable[[PyTree, ClientBatch, jax.Array], ClientOutput],
+    aggregator: Aggregator,
+    params: PyTree,
+    agg_state: PyTree,
+    inp: RoundInputs,
+    client_key: jax.Array,
+) -> tuple[PyTree, jax.Array, dict, dict[str, jax.Array]]:
+    """One client's slot of the cohort: local training, then the aggregator's contribution.
+
+    The client uses ``fold_in(client_key, client_id)``. A non-finite update or loss makes the
+    client contribute nothing (mask 0). Returns ``(contrib, weight, stats, per_client)`` with
+    ``per_client`` holding the client's ``loss``, ``steps`` and ``finite`` flag.
+    """
+    key = jax.random.fold_in(client_key, inp.client_ids)
+    out = client_update(params, ClientBatch(inp.x, inp.y, inp.count), key)
+    finite = _tree_all_finite(out.update) & jnp.isfinite(out.loss)
+    update = jax.tree.map(lambda u: jnp.where(finite, u, 0.0), out.update)
+    mask = inp.client_mask * finite
+    contrib, weight, stats = aggregator.contribution(update, inp.count, mask, agg_state)
+    real = inp.client_mask > 0
+    per_client = {
+        "loss": jnp.where(real & finite, out.loss, 0.0),
+        "steps": out.steps * real,
+        "finite": finite | ~real,
+    }
+    return contrib, weight, stats, per_client
+
+
 def cohort_sums(
     client_update: Callable[[PyTree, ClientBatch, jax.Array], ClientOutput],
     aggregator: Aggregator,
@@ -88,19 +117,7 @@ def cohort_sums(
     )
 
     def one_client(inp: RoundInputs):
-        key = jax.random.fold_in(client_key, inp.client_ids)
-        out = client_update(params, ClientBatch(inp.x, inp.y, inp.count), key)
-        finite = _tree_all_finite(out.update) & jnp.isfinite(out.loss)
-        update = jax.tree.map(lambda u: jnp.where(finite, u, 0.0), out.update)
-        mask = inp.client_mask * finite
-        contrib, weight, stats = aggregator.contribution(update, inp.count, mask, agg_state)
-        real = inp.client_mask > 0
-        per_client = {
-            "loss": jnp.where(real & finite, out.loss, 0.0),
-            "steps": out.steps * real,
-            "finite": finite | ~real,
-        }
-        return contrib, weight, stats, per_client
+        return client_contribution(client_update, aggregator, params, agg_state, inp, client_key)
 
     def run_chunk(acc, chunk):
         contrib, weight, stats, per_client = jax.vmap(one_client)(chunk)

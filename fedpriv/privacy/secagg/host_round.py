@@ -28,16 +28,11 @@ import numpy as np
 import optax
 
 from fedpriv.fl.aggregators import Aggregator
-from fedpriv.fl.client import ClientBatch
-from fedpriv.fl.round import RoundInputs, ServerState
+from fedpriv.fl.round import RoundInputs, ServerState, client_contribution
 from fedpriv.privacy.secagg import protocol
 from fedpriv.privacy.secagg.fast import SecAggSpec
 
 PyTree = Any
-
-
-def _all_finite(tree: PyTree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def make_protocol_round(
@@ -56,15 +51,11 @@ def make_protocol_round(
     @jax.jit
     def encode_all(params, agg_state, inputs: RoundInputs, client_key):
         def one(inp: RoundInputs):
-            key = jax.random.fold_in(client_key, inp.client_ids)
-            out = client_update(params, ClientBatch(inp.x, inp.y, inp.count), key)
-            finite = _all_finite(out.update) & jnp.isfinite(out.loss)
-            update = jax.tree.map(lambda u: jnp.where(finite, u, 0.0), out.update)
-            mask = inp.client_mask * finite
-            contrib, weight, stats = aggregator.contribution(update, inp.count, mask, agg_state)
-            real = inp.client_mask > 0
-            loss = jnp.where(real & finite, out.loss, 0.0)
-            return contrib, weight, stats, loss, out.steps * real, finite | ~real
+            contrib, weight, stats, per_client = client_contribution(
+                client_update, aggregator, params, agg_state, inp, client_key
+            )
+            pc = per_client
+            return contrib, weight, stats, pc["loss"], pc["steps"], pc["finite"]
 
         return jax.vmap(one)(inputs)
 
