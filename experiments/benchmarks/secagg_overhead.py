@@ -35,7 +35,7 @@ from fedpriv.privacy.secagg.fast import SecAggSpec, secure_aggregator, with_clie
 from fedpriv.privacy.secagg.quantize import auto_scale, padded_dim  # noqa: E402
 
 
-def build(cohort: int, secure: bool, bits: int, rotation: bool, chunk_size, rbg: bool = False):
+def build(cohort: int, secure: bool, bits: int, rotation: bool, chunk_size, rounding: str = "hash"):
     model = models.build("mlp", CLASSES, hidden=(200, 200))
     params = model.init(jax.random.key(0), jnp.zeros((1, DIM)))
     apply_fn = lambda p, x: model.apply(p, x.astype(jnp.float32) * (1.0 / 255.0))  # noqa: E731
@@ -53,7 +53,7 @@ def build(cohort: int, secure: bool, bits: int, rotation: bool, chunk_size, rbg:
             num_params=num_params,
             dimension=dim,
             cohort=cohort,
-            rbg=rbg,
+            rounding=rounding,
         )
         agg = secure_aggregator(agg, spec, jax.random.key(1), params)
         cu = with_client_key(cu)
@@ -70,7 +70,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--bits", type=int, default=20)
     ap.add_argument("--no-rotation", action="store_true")
     ap.add_argument("--chunk-size", default="auto")
-    ap.add_argument("--rbg", action="store_true", help="rounding bits from unsafe_rbg")
+    ap.add_argument(
+        "--rounding",
+        default="hash",
+        choices=["hash", "threefry", "rbg"],
+        help="source of the stochastic-rounding uniforms",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -78,7 +83,7 @@ def main(argv=None) -> dict:
     runs = {}
     for name, secure in (("plain", False), ("secagg", True)):
         fn, state, plan = build(
-            args.cohort, secure, args.bits, not args.no_rotation, args.chunk_size, args.rbg
+            args.cohort, secure, args.bits, not args.no_rotation, args.chunk_size, args.rounding
         )
         ids = np.arange(plan.slots) % args.cohort
         inputs = RoundInputs(*store.gather(ids, np.arange(plan.slots) < args.cohort, N_EXAMPLES))
@@ -110,7 +115,7 @@ def main(argv=None) -> dict:
         "cohort": args.cohort,
         "bits": args.bits,
         "rotation": not args.no_rotation,
-        "rbg": args.rbg,
+        "rounding": args.rounding,
         "backend": jax.default_backend(),
         "chunk_size": runs["plain"]["plan"].chunk_size,
         "plain_round_s": round(plain, 4),

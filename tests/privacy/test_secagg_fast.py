@@ -171,3 +171,17 @@ def test_same_key_same_noise_different_keys_differ():
     b = skellam(jax.random.key(0), 10.0, (100,))
     c = skellam(jax.random.key(1), 10.0, (100,))
     assert bool(jnp.all(a == b)) and bool(jnp.any(a != c))
+
+
+def test_hash_uniforms_are_uniform_and_key_dependent():
+    from scipy import stats as sps
+
+    from fedpriv.privacy.secagg.quantize import hash_uniform
+
+    a = np.asarray(hash_uniform(jax.random.key(1), (200_000,)), np.float64)
+    b = np.asarray(hash_uniform(jax.random.key(2), (200_000,)), np.float64)
+    assert sps.kstest(a, "uniform").pvalue > 1e-3
+    assert 0.0 <= a.min() and a.max() < 1.0
+    assert abs(np.corrcoef(a[:-1], a[1:])[0, 1]) < 0.01  # neighbouring coordinates
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.01  # different keys
+    np.testing.assert_array_equal(a, np.asarray(hash_uniform(jax.random.key(1), (200_000,))))

@@ -78,8 +78,9 @@ class SecAggSpec:
         dropout: fraction of clients dropping before sending the masked input (protocol).
         late_dropout: fraction dropping after sending it (protocol).
         noise: per-client integer noise for distributed DP, or None.
-        rbg: draw the rounding randomness with XLA's RngBitGenerator (``unsafe_rbg``) instead
-            of threefry: much faster on accelerators, equally simulation-grade.
+        rounding: where the stochastic-rounding uniforms come from: ``"hash"`` (a counter-based
+            hash, fastest on CPU), ``"threefry"`` (JAX's default generator) or ``"rbg"``
+            (XLA's RngBitGenerator); all simulation-grade.
     """
 
     mode: str
@@ -95,7 +96,7 @@ class SecAggSpec:
     dropout: float = 0.0
     late_dropout: float = 0.0
     noise: DistributedNoise | None = None
-    rbg: bool = False
+    rounding: str = "hash"
 
     def describe(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -160,12 +161,12 @@ def encode(
     if spec.rotation:
         x = rotate(x, signs)
     k_round, k_noise = jax.random.split(key)
-    if spec.rbg:
+    if spec.rounding == "rbg":
         data = jax.random.key_data(k_round).reshape(-1)
         k_round = jax.random.wrap_key_data(
             jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)])[:4], impl="unsafe_rbg"
         )
-    q, clamped = clamp_int32(stochastic_round(x, k_round))
+    q, clamped = clamp_int32(stochastic_round(x, k_round, spec.rounding))
     signed = q.astype(jnp.float32)
     u = jax.lax.bitcast_convert_type(q, jnp.uint32)
     if spec.noise is not None:

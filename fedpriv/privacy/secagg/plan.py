@@ -12,7 +12,13 @@ from fedpriv.privacy.distributed import NOISE_KINDS, DistributedNoise, max_scale
 from fedpriv.privacy.secagg import graph
 from fedpriv.privacy.secagg.fast import MASK_MODES, MODES, SecAggSpec
 from fedpriv.privacy.secagg.protocol import check_threshold, default_threshold
-from fedpriv.privacy.secagg.quantize import MAX_BITS, MIN_BITS, auto_scale, padded_dim
+from fedpriv.privacy.secagg.quantize import (
+    MAX_BITS,
+    MIN_BITS,
+    ROUNDING_RNGS,
+    auto_scale,
+    padded_dim,
+)
 
 
 def _opt(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
@@ -85,6 +91,11 @@ def build_secure_plan(
             "secagg.masks", f"unknown value {masks!r}; choose from {list(MASK_MODES)}"
         )
     rotation = bool(_opt(secagg_cfg, "rotation", True))
+    rounding = str(_opt(secagg_cfg, "rounding", "hash"))
+    if rounding not in ROUNDING_RNGS:
+        raise ConfigError(
+            "secagg.rounding", f"unknown value {rounding!r}; choose from {list(ROUNDING_RNGS)}"
+        )
     neighbours = secagg_cfg.get("neighbours")
     dropout = float(_opt(secagg_cfg, "dropout", 0.0))
     late = float(_opt(secagg_cfg, "late_dropout", 0.0))
@@ -108,6 +119,7 @@ def build_secure_plan(
         mode=mode,
         bits=bits,
         rotation=rotation,
+        rounding=rounding,
         num_params=int(num_params),
         dimension=dim,
         cohort=m,
