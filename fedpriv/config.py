@@ -13,7 +13,7 @@ from typing import Any
 
 from fedpriv.errors import ConfigError
 
-MODELS = ("logreg", "mlp", "cnn")
+MODELS = ("logreg", "mlp", "cnn", "cnn_cifar", "resnet18_gn", "char_lstm")
 ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 SAMPLINGS = ("fixed", "poisson")

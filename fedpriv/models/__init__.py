@@ -57,7 +57,93 @@ class CNN(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-_MODELS = {"logreg": LogReg, "mlp": MLP, "cnn": CNN}
+class CifarCNN(nn.Module):
+    """The small CIFAR-10 CNN of McMahan et al. 2017 (after TensorFlow's CIFAR tutorial):
+    two 5x5 conv layers of 64 channels with 3x3/2 max pooling, dense 384 and 192, softmax.
+    No batch normalisation (it mixes examples, which breaks per-example DP and FL)."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        for _ in range(2):
+            x = nn.relu(nn.Conv(64, (5, 5), padding="SAME")(x))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(384)(x))
+        x = nn.relu(nn.Dense(192)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+class _BasicBlock(nn.Module):
+    channels: int
+    strides: int
+    groups: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        y = nn.Conv(self.channels, (3, 3), (self.strides, self.strides), padding="SAME",
+                    use_bias=False)(x)
+        y = nn.relu(nn.GroupNorm(num_groups=self.groups)(y))
+        y = nn.Conv(self.channels, (3, 3), padding="SAME", use_bias=False)(y)
+        y = nn.GroupNorm(num_groups=self.groups)(y)
+        if x.shape[-1] != self.channels or self.strides != 1:
+            x = nn.Conv(self.channels, (1, 1), (self.strides, self.strides), use_bias=False)(x)
+            x = nn.GroupNorm(num_groups=self.groups)(x)
+        return nn.relu(x + y)
+
+
+class ResNet18GN(nn.Module):
+    """ResNet-18 (He et al. 2016) for 32x32 images with GroupNorm instead of BatchNorm
+    (Hsieh et al. 2020; Kairouz et al. 2021's survey): a 3x3 stem, four stages of two basic
+    blocks (64, 128, 256, 512 channels), global average pooling. GroupNorm normalises each
+    example on its own, so it keeps per-example gradients and client updates independent."""
+
+    num_classes: int
+    width: int = 64
+    groups: int = 2
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False)(x)
+        x = nn.relu(nn.GroupNorm(num_groups=self.groups)(x))
+        for stage, mult in enumerate((1, 2, 4, 8)):
+            for block in range(2):
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = _BasicBlock(self.width * mult, strides, self.groups)(x)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes)(x)
+
+
+class CharLSTM(nn.Module):
+    """The next-character model of LEAF's Shakespeare benchmark (Caldas et al. 2018, after
+    McMahan et al. 2017): an 8-dimensional character embedding, two LSTM layers of 256 units,
+    and a dense layer over the vocabulary applied to the last position.
+
+    Input ``x[B, T]`` int32 character ids; output ``logits[B, vocab]``.
+    """
+
+    num_classes: int
+    embed: int = 8
+    hidden: int = 256
+    layers: int = 2
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        h = nn.Embed(self.num_classes, self.embed)(x.astype(jnp.int32))
+        for _ in range(self.layers):
+            h = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(h)
+        return nn.Dense(self.num_classes)(h[:, -1])
+
+
+_MODELS = {
+    "logreg": LogReg,
+    "mlp": MLP,
+    "cnn": CNN,
+    "cnn_cifar": CifarCNN,
+    "resnet18_gn": ResNet18GN,
+    "char_lstm": CharLSTM,
+}
 
 
 def available() -> list[str]:
@@ -65,7 +151,7 @@ def available() -> list[str]:
 
 
 def build(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """Builds the model called ``name`` (``logreg``, ``mlp``, ``cnn``).
+    """Builds the model called ``name`` (see :func:`available`).
 
     Raises:
         ConfigError: unknown name.
@@ -76,4 +162,13 @@ def build(name: str, num_classes: int, **kwargs) -> nn.Module:
     return _MODELS[name](num_classes=num_classes, **kwargs)
 
 
-__all__ = ["CNN", "LogReg", "MLP", "available", "build"]
+__all__ = [
+    "CNN",
+    "CharLSTM",
+    "CifarCNN",
+    "LogReg",
+    "MLP",
+    "ResNet18GN",
+    "available",
+    "build",
+]
