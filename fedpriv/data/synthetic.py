@@ -43,6 +43,54 @@ def covariance_diagonal(dim: int = DIM) -> np.ndarray:
     return np.arange(1, dim + 1, dtype=np.float64) ** -1.2
 
 
+def _device_parameters(
+    num_devices: int,
+    alpha: float,
+    beta: float,
+    rng: np.random.Generator,
+    max_size: int | None,
+    iid: bool,
+) -> dict[str, np.ndarray]:
+    if num_devices < 1:
+        raise ConfigError("dataset.num_clients", f"must be >= 1, got {num_devices}")
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if not value >= 0:
+            raise ConfigError(f"dataset.{name}", f"must be >= 0, got {value}")
+    sizes = device_sizes(num_devices, rng)
+    if max_size is not None:
+        sizes = np.minimum(sizes, int(max_size))
+    if iid:
+        return {
+            "u": np.zeros(num_devices),
+            "B": np.zeros(num_devices),
+            "v": np.zeros((num_devices, DIM)),
+            "sizes": sizes,
+        }
+    u = rng.normal(0.0, alpha, num_devices)
+    b_shift = rng.normal(0.0, beta, num_devices)
+    v = rng.normal(b_shift[:, None], 1.0, (num_devices, DIM))
+    return {"u": u, "B": b_shift, "v": v, "sizes": sizes}
+
+
+def _devices(params: dict[str, np.ndarray], rng: np.random.Generator, iid: bool):
+    """Yields ``(k, x_k float32[n_k, 60], y_k int32[n_k])`` device by device, so memory
+    holds one device's temporaries at a time."""
+    sigma = np.sqrt(covariance_diagonal()).astype(np.float32)
+    if iid:
+        w_shared = rng.normal(0.0, 1.0, (DIM, CLASSES))
+        b_shared = rng.normal(0.0, 1.0, CLASSES)
+    for k, n in enumerate(params["sizes"]):
+        if iid:
+            w, b = w_shared, b_shared
+        else:
+            w = rng.normal(params["u"][k], 1.0, (DIM, CLASSES))
+            b = rng.normal(params["u"][k], 1.0, CLASSES)
+        x = rng.standard_normal((int(n), DIM), dtype=np.float32) * sigma
+        x += params["v"][k].astype(np.float32)
+        y = np.argmax(x @ w + b, axis=1).astype(np.int32)  # argmax softmax = argmax logits
+        yield k, x, y
+
+
 def generate(
     num_devices: int,
     alpha: float,
@@ -62,41 +110,18 @@ def generate(
             and ``x ~ N(0, Sigma)`` on every device.
 
     Returns:
-        ``(x[N, 60] float32, y[N] int32, device_of[N], params)`` with ``params`` holding the
-        per-device ``u``, ``B``, ``v[K, 60]`` drawn (for tests and analysis).
+        ``(x[N, 60] float32, y[N] int32, device_of[N], params)``, device-major, with
+        ``params`` holding the per-device ``u``, ``B``, ``v[K, 60]`` and ``sizes`` drawn.
     """
-    if num_devices < 1:
-        raise ConfigError("dataset.num_clients", f"must be >= 1, got {num_devices}")
-    for name, value in (("alpha", alpha), ("beta", beta)):
-        if not value >= 0:
-            raise ConfigError(f"dataset.{name}", f"must be >= 0, got {value}")
-    sizes = device_sizes(num_devices, rng)
-    if max_size is not None:
-        sizes = np.minimum(sizes, int(max_size))
-    sigma = np.sqrt(covariance_diagonal())
-    if iid:
-        u = np.zeros(num_devices)
-        b_shift = np.zeros(num_devices)
-        v = np.zeros((num_devices, DIM))
-        w_shared = rng.normal(0.0, 1.0, (DIM, CLASSES))
-        b_shared = rng.normal(0.0, 1.0, CLASSES)
-    else:
-        u = rng.normal(0.0, alpha, num_devices)
-        b_shift = rng.normal(0.0, beta, num_devices)
-        v = rng.normal(b_shift[:, None], 1.0, (num_devices, DIM))
-    device_of = np.repeat(np.arange(num_devices), sizes)
-    x = (v[device_of] + rng.standard_normal((len(device_of), DIM)) * sigma).astype(np.float32)
-    y = np.empty(len(device_of), dtype=np.int32)
+    params = _device_parameters(num_devices, alpha, beta, rng, max_size, iid)
+    sizes = params["sizes"]
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    for k in range(num_devices):
-        if iid:
-            w, b = w_shared, b_shared
-        else:
-            w = rng.normal(u[k], 1.0, (DIM, CLASSES))
-            b = rng.normal(u[k], 1.0, CLASSES)
-        lo, hi = offsets[k], offsets[k + 1]
-        y[lo:hi] = np.argmax(x[lo:hi] @ w + b, axis=1)  # argmax of softmax = argmax of logits
-    return x, y, device_of, {"u": u, "B": b_shift, "v": v, "sizes": sizes}
+    x = np.empty((offsets[-1], DIM), np.float32)
+    y = np.empty(offsets[-1], np.int32)
+    for k, xk, yk in _devices(params, rng, iid):
+        x[offsets[k] : offsets[k + 1]] = xk
+        y[offsets[k] : offsets[k + 1]] = yk
+    return x, y, np.repeat(np.arange(num_devices), sizes), params
 
 
 @register("synthetic")
@@ -111,16 +136,28 @@ def load_synthetic(cfg: Mapping[str, Any], rng: np.random.Generator) -> Federate
     alpha = float(cfg.get("alpha", 1.0))
     beta = float(cfg.get("beta", 1.0))
     max_size = cfg.get("max_size")
-    x, y, device_of, _ = generate(num, alpha, beta, rng, max_size, bool(cfg.get("iid", False)))
     frac = float(cfg.get("test_fraction", 0.1))
     if not 0.0 < frac < 1.0:
         raise ConfigError("dataset.test_fraction", f"must be in (0, 1), got {frac}")
-    sizes = np.bincount(device_of, minlength=num)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    iid = bool(cfg.get("iid", False))
+    params = _device_parameters(num, alpha, beta, rng, max_size, iid)
+    sizes = params["sizes"]
     n_test = np.floor(sizes * frac).astype(np.int64)
-    position = np.arange(len(device_of)) - offsets[device_of]
-    is_test = position < n_test[device_of]
-    store = PopulationStore.from_assignment(
-        x[~is_test], y[~is_test], device_of[~is_test], CLASSES, f"synthetic({alpha},{beta})"
+    train_off = np.concatenate([[0], np.cumsum(sizes - n_test)])
+    test_off = np.concatenate([[0], np.cumsum(n_test)])
+    # Train and test rows are written in place, device by device: no full-size temporaries.
+    x_tr = np.empty((train_off[-1], DIM), np.float32)
+    y_tr = np.empty(train_off[-1], np.int32)
+    x_te = np.empty((test_off[-1], DIM), np.float32)
+    y_te = np.empty(test_off[-1], np.int32)
+    for k, xk, yk in _devices(params, rng, iid):
+        t = n_test[k]
+        x_te[test_off[k] : test_off[k + 1]], y_te[test_off[k] : test_off[k + 1]] = xk[:t], yk[:t]
+        x_tr[train_off[k] : train_off[k + 1]], y_tr[train_off[k] : train_off[k + 1]] = (
+            xk[t:],
+            yk[t:],
+        )
+    store = PopulationStore(
+        x_tr, y_tr, train_off.astype(np.int64), CLASSES, f"synthetic({alpha},{beta})"
     )
-    return FederatedData(store, x[is_test], y[is_test])
+    return FederatedData(store, x_te, y_te)

@@ -50,11 +50,45 @@ def test_heterogeneity_grows_with_alpha_and_beta():
 
 
 def test_loader_splits_every_device_and_keeps_natural_clients():
-    data = load({"name": "synthetic", "num_clients": 40, "alpha": 0.5, "beta": 0.5,
-                 "max_size": 300, "test_fraction": 0.1}, np.random.default_rng(4))
+    data = load(
+        {
+            "name": "synthetic",
+            "num_clients": 40,
+            "alpha": 0.5,
+            "beta": 0.5,
+            "max_size": 300,
+            "test_fraction": 0.1,
+        },
+        np.random.default_rng(4),
+    )
     assert data.train.num_clients == 40
     assert data.example_shape == (60,) and data.num_classes == 10
     total = data.train.client_sizes.sum() + len(data.test_y)
     assert abs(len(data.test_y) / total - 0.1) < 0.02
     with pytest.raises(ConfigError, match="alpha"):
         synthetic.generate(3, -1.0, 0.0, np.random.default_rng(0))
+
+
+@pytest.mark.slow
+def test_ten_thousand_devices_thousand_per_round_fit_in_4_gb(tmp_path):
+    import resource
+
+    from tests.conftest import run_cli
+
+    proc = run_cli(
+        "fedpriv.train",
+        "dataset=synthetic",
+        "dataset.num_clients=10000",
+        "sampling=fixed",
+        "sampling.cohort_size=1000",
+        "model=logreg",
+        "privacy=none",
+        "rounds=2",
+        "eval_every=2",
+        "client.max_examples=500",
+        "progress=false",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    assert peak_gb < 4.0
