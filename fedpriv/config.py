@@ -13,6 +13,7 @@ from typing import Any
 
 from fedpriv.errors import ConfigError
 
+FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare")
 MODELS = ("logreg", "mlp", "cnn", "cnn_cifar", "resnet18_gn", "char_lstm")
 ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
@@ -122,6 +123,14 @@ def _run_control(cfg: Mapping[str, Any]) -> None:
         if not isinstance(path, str) or not path.strip():
             raise ConfigError(
                 "dataset.path", f"is required for dataset=npz (a .npz file), got {path!r}"
+            )
+    if _get(cfg, "dataset.name") in FILE_DATASETS:
+        root = _get(cfg, "dataset.root")
+        if not isinstance(root, str) or not root.strip():
+            raise ConfigError(
+                "dataset.root",
+                f"is required for dataset={_get(cfg, 'dataset.name')} (the directory holding "
+                f"its files; `fedpriv-data download NAME --root DIR` fetches them), got {root!r}",
             )
 
 

@@ -82,8 +82,9 @@ class _BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        y = nn.Conv(self.channels, (3, 3), (self.strides, self.strides), padding="SAME",
-                    use_bias=False)(x)
+        y = nn.Conv(
+            self.channels, (3, 3), (self.strides, self.strides), padding="SAME", use_bias=False
+        )(x)
         y = nn.relu(nn.GroupNorm(num_groups=self.groups)(y))
         y = nn.Conv(self.channels, (3, 3), padding="SAME", use_bias=False)(y)
         y = nn.GroupNorm(num_groups=self.groups)(y)

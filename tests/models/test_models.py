@@ -22,8 +22,11 @@ from fedpriv import models
 def test_models_map_a_batch_to_logits_and_keep_no_batch_statistics(name, shape, dtype, kwargs):
     classes = 80 if name == "char_lstm" else 10
     model = models.build(name, classes, **kwargs)
-    x = jnp.zeros(shape, dtype) if dtype == jnp.int32 else jax.random.normal(
-        jax.random.key(0), shape)
+    x = (
+        jnp.zeros(shape, dtype)
+        if dtype == jnp.int32
+        else jax.random.normal(jax.random.key(0), shape)
+    )
     variables = model.init(jax.random.key(1), x)
     assert set(variables) == {"params"}  # no batch_stats: examples stay independent
     logits = model.apply(variables, x)
@@ -36,8 +39,11 @@ def test_models_map_a_batch_to_logits_and_keep_no_batch_statistics(name, shape, 
 def test_resnet18_has_the_resnet18_layout():
     model = models.build("resnet18_gn", 10)
     params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
-    convs = [k for k in jax.tree_util.tree_flatten_with_path(params)[0]
-             if "Conv" in jax.tree_util.keystr(k[0]) and k[0][-1].key == "kernel"]
+    convs = [
+        k
+        for k in jax.tree_util.tree_flatten_with_path(params)[0]
+        if "Conv" in jax.tree_util.keystr(k[0]) and k[0][-1].key == "kernel"
+    ]
     assert len(convs) == 1 + 8 * 2 + 3  # stem, 8 blocks x 2 convs, 3 projection shortcuts
     n = sum(x.size for x in jax.tree.leaves(params))
     assert 11.0e6 < n < 11.3e6  # about 11.2 M parameters, as ResNet-18 for CIFAR
