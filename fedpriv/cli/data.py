@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fedpriv.data.stats import population_stats
 from fedpriv.errors import ConfigError, exit_on_config_error
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "dataset"
@@ -69,36 +70,6 @@ def dataset_config(name: str, overrides: Sequence[str]) -> dict[str, Any]:
     cfg = OmegaConf.to_container(merged, resolve=True)
     cfg["name"] = name
     return cfg
-
-
-def describe_store(data: Any) -> dict[str, Any]:
-    """Client count, examples per client and label skew of a :class:`FederatedData`."""
-    train = data.train
-    sizes = train.client_sizes
-    k, c = train.num_clients, train.num_classes
-    owner = np.repeat(np.arange(k), sizes)
-    counts = np.zeros((k, c), dtype=np.int64)
-    np.add.at(counts, (owner, train.y), 1)
-    nonempty = sizes > 0
-    dist = counts[nonempty] / sizes[nonempty, None]
-    overall = counts.sum(0) / max(1, counts.sum())
-    tv = 0.5 * np.abs(dist - overall[None, :]).sum(1)
-    return {
-        "name": train.name,
-        "clients": int(k),
-        "train_examples": int(len(train.y)),
-        "test_examples": int(len(data.test_y)),
-        "example_shape": list(train.example_shape),
-        "num_classes": int(c),
-        "examples_per_client": {
-            "min": int(sizes.min()) if k else 0,
-            "median": float(np.median(sizes)) if k else 0.0,
-            "p90": float(np.percentile(sizes, 90)) if k else 0.0,
-            "max": int(sizes.max()) if k else 0,
-        },
-        "mean_classes_per_client": float((counts[nonempty] > 0).sum(1).mean()) if k else 0.0,
-        "mean_tv_distance": float(tv.mean()) if len(tv) else 0.0,
-    }
 
 
 def _data_rng(seed: int) -> np.random.Generator:
@@ -149,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.seed < 0:
         raise ConfigError("--seed", f"must be >= 0, got {args.seed}")
     cfg = dataset_config(args.name, args.overrides)
-    summary = describe_store(data_lib.load(cfg, _data_rng(args.seed)))
+    summary = population_stats(data_lib.load(cfg, _data_rng(args.seed)))
     print(json.dumps(summary) if args.json else _format(summary))
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from fedpriv import data as data_lib
 from fedpriv import models
+from fedpriv.data.stats import population_stats
 from fedpriv.errors import ConfigError
 from fedpriv.fl import checkpoint as checkpoint_lib
 from fedpriv.fl import lowrank, planner
@@ -628,6 +629,7 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
         "compile_seconds": round(compile_s, 3),
         "rounds_per_second": round(executed / max(wall, 1e-9), 3),
         "population": exp.data.train.num_clients,
+        "data": population_stats(exp.data),
         "sampling": {"kind": exp.sampler.kind, "expected_cohort": exp.sampler.expected_size},
         "privacy": plan.describe(),
         "execution": dataclasses.asdict(exp.plan),

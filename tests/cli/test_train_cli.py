@@ -138,6 +138,10 @@ def test_default_run_is_private_and_reaches_90_percent(tmp_path):
     assert 3.9 < summary["epsilon"]["rdp"] <= 4.0
     assert summary["epsilon"]["pld"] <= summary["epsilon"]["rdp"]
     assert summary["delta"] < 1 / summary["population"]
+    stats = summary["data"]  # the population's statistics, as `fedpriv-data describe` prints
+    assert stats["clients"] == summary["population"] == 1000
+    assert stats["train_examples"] + stats["test_examples"] == 1797
+    assert 1 <= stats["mean_classes_per_client"] <= 10 and 0 < stats["mean_tv_distance"] < 1
     last = proc.stdout.strip().splitlines()[-1]
     assert "test accuracy" in last and "epsilon 4.000" in last and "delta 1e-04" in last
     assert str(tmp_path / "r") in last
@@ -234,3 +238,27 @@ def test_no_privacy_writes_no_ledger(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert _ledger(tmp_path / "r") == []
     assert "epsilon" not in _metrics(tmp_path / "r")[0]
+
+
+def test_shakespeare_trains_the_char_lstm_end_to_end(tmp_path):
+    from tests.data.format_writers import write_shakespeare
+
+    write_shakespeare(tmp_path / "leaf")
+    proc = run_cli(
+        "fedpriv.train",
+        "dataset=shakespeare",
+        f"dataset.root={tmp_path / 'leaf'}",
+        "model=char_lstm",
+        "model.hidden=16",
+        "privacy=none",
+        "sampling=fixed",
+        "sampling.cohort_size=2",
+        "rounds=2",
+        "eval_every=1",
+        "progress=false",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["population"] == 3 and summary["data"]["num_classes"] == 81
+    assert 0.0 <= summary["final"]["test_accuracy"] <= 1.0
