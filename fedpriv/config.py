@@ -13,7 +13,7 @@ from typing import Any
 
 from fedpriv.errors import ConfigError
 
-FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare")
+FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare", "emnist_tff")
 MODELS = ("logreg", "mlp", "cnn", "cnn_cifar", "resnet18_gn", "char_lstm")
 ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")

@@ -112,7 +112,14 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
     data_rng = np.random.default_rng(
         np.asarray(jax.random.key_data(purpose_key(seed, KEY_DATA))).astype(np.uint64)
     )
-    data = data_lib.load(cfg["dataset"], data_rng)
+    cache_dir = (cfg["dataset"] or {}).get("cache_dir")
+    if cache_dir:
+        from fedpriv.data import cache
+
+        key = cache.cache_key(cfg["dataset"], seed)
+        data = cache.load_cached(cache_dir, key, lambda: data_lib.load(cfg["dataset"], data_rng))
+    else:
+        data = data_lib.load(cfg["dataset"], data_rng)
     data = inject_faults(data, cfg.get("faults"))
     model_cfg = {k: v for k, v in dict(cfg["model"]).items() if k != "name"}
     model = models.build(cfg["model"]["name"], data.num_classes, **model_cfg)
