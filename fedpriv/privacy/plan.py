@@ -303,17 +303,29 @@ def build_plan(
     return _with_delta_and_calibration(plan, privacy_cfg)
 
 
-def _with_delta_and_calibration(plan: PrivacyPlan, cfg: Mapping[str, Any]) -> PrivacyPlan:
+def resolve_delta(cfg: Mapping[str, Any], population: int) -> float:
+    """``privacy.delta``, or the default below 1/population; warns when a given delta is not
+    below 1/population.
+
+    Raises:
+        ConfigError: a delta outside (0, 1).
+    """
     from fedpriv import accounting
 
     delta = cfg.get("delta")
     if delta is None:
-        delta = accounting.default_delta(plan.population)
-    else:
-        delta = float(delta)
-        if not 0 < delta < 1:
-            raise ConfigError("privacy.delta", f"must be in (0, 1), got {delta}")
-        accounting.warn_if_delta_too_large(delta, plan.population)
+        return accounting.default_delta(population)
+    delta = float(delta)
+    if not 0 < delta < 1:
+        raise ConfigError("privacy.delta", f"must be in (0, 1), got {delta}")
+    accounting.warn_if_delta_too_large(delta, population)
+    return delta
+
+
+def _with_delta_and_calibration(plan: PrivacyPlan, cfg: Mapping[str, Any]) -> PrivacyPlan:
+    from fedpriv import accounting
+
+    delta = resolve_delta(cfg, plan.population)
     target = cfg.get("target_epsilon")
     if target is None:
         return _resolve_count_noise(dataclasses.replace(plan, delta=delta))

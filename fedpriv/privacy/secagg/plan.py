@@ -69,7 +69,7 @@ def build_secure_plan(
         fall below what was accounted. Accounted by :mod:`fedpriv.accounting.distributed`.
     """
     from fedpriv import accounting
-    from fedpriv.privacy.plan import PrivacyPlan
+    from fedpriv.privacy.plan import PrivacyPlan, resolve_delta
 
     mode = str(_opt(secagg_cfg, "mode", "none"))
     name = privacy_cfg.get("name", "none")
@@ -171,13 +171,7 @@ def build_secure_plan(
             )
         return DistributedNoise(kind, z, clip, scale, int(noise_clients), dim, bits)
 
-    delta = privacy_cfg.get("delta")
-    if delta is None:
-        delta = accounting.default_delta(base.population)
-    else:
-        delta = float(delta)
-        if not 0 < delta < 1:
-            raise ConfigError("privacy.delta", f"must be in (0, 1), got {delta}")
+    delta = resolve_delta(privacy_cfg, base.population)
     target = privacy_cfg.get("target_epsilon")
     rounds = max(int(base.rounds), 1)
     if target is None:
