@@ -15,7 +15,7 @@ from fedpriv.errors import ConfigError
 
 FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare", "emnist_tff")
 MODELS = ("logreg", "mlp", "cnn", "cnn_cifar", "resnet18_gn", "char_lstm")
-ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
+ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", "fednova")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 SAMPLINGS = ("fixed", "poisson")
 CLIENT_OPTIMIZERS = ("sgd", "adam")
@@ -100,6 +100,7 @@ def _run_control(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("resume", f"must be true or false, got {resume!r}")
     number(cfg, "checkpoint.every", low=0, integer=True, required=False)
     number(cfg, "checkpoint.keep", low=1, integer=True, required=False)
+    number(cfg, "faults.crash_at_round", low=1, integer=True, required=False)
     nan_clients = _get(cfg, "faults.nan_clients")
     if nan_clients is not None:
         if not isinstance(nan_clients, (list, tuple)):
@@ -200,6 +201,45 @@ def validate_secagg(cfg: Mapping[str, Any]) -> None:
             )
 
 
+CANARY_PRIVACY = ("user_dp", "user_dp_adaptive")
+
+
+def validate_canaries(cfg: Mapping[str, Any]) -> None:
+    """Checks the ``canaries`` block (canary clients for the empirical privacy audit).
+
+    Canaries stand in for clients under user-level DP-FedAvg: their updates are planted in
+    the vmapped round on the direct path, so they need ``privacy=user_dp`` or
+    ``user_dp_adaptive``, plain (not secure) aggregation and ``execution.path`` other than
+    ``lowrank``.
+
+    Raises:
+        ConfigError: a count that is not an integer >= 0, or canaries with a setting they
+            cannot run with; naming ``canaries.count`` and what is allowed.
+    """
+    count = number(cfg, "canaries.count", low=0, integer=True, required=False) or 0
+    number(cfg, "canaries.unseen", low=0, integer=True, required=False)
+    if not count:
+        return
+    privacy = _get(cfg, "privacy.name", "none")
+    if privacy not in CANARY_PRIVACY:
+        raise ConfigError(
+            "canaries.count",
+            f"canary clients need user-level DP-FedAvg (privacy=user_dp or "
+            f"privacy=user_dp_adaptive), got privacy={privacy}; set canaries.count=0 otherwise",
+        )
+    secagg = _get(cfg, "secagg.mode", "none") or "none"
+    if secagg != "none":
+        raise ConfigError(
+            "canaries.count",
+            f"canary clients need plain aggregation (secagg=none), got secagg.mode={secagg}",
+        )
+    if _get(cfg, "execution.path") == "lowrank":
+        raise ConfigError(
+            "canaries.count",
+            "canary clients need execution.path=direct or auto, got execution.path=lowrank",
+        )
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
     """Checks a composed ``fedpriv-train`` configuration.
 
@@ -286,9 +326,272 @@ def validate(cfg: Mapping[str, Any]) -> None:
     if devices not in (None, "auto"):
         number(cfg, "execution.devices", low=1, integer=True)
     validate_secagg(cfg)
+    validate_canaries(cfg)
+    validate_edge(cfg)
+    validate_hierarchy(cfg)
+    validate_async(cfg)
 
     if _get(cfg, "execution.path") is not None:
         choice(cfg, "execution.path", ("auto", "direct", "lowrank"))
     chunk = _get(cfg, "execution.chunk_size", "auto")
     if chunk not in (None, "auto"):
         number(cfg, "execution.chunk_size", low=1, integer=True)
+
+
+HIERARCHY = ("none", "gateways")
+HIERARCHY_ASSIGN = ("modulo", "blocks")
+HIERARCHY_DP_UNITS = ("client", "gateway")
+GATEWAY_PRIVACY = ("user_dp", "user_dp_adaptive")
+
+
+def validate_hierarchy(cfg: Mapping[str, Any]) -> None:
+    """Checks the ``hierarchy`` group (hierarchical aggregation, :mod:`fedpriv.fl.hierarchy`).
+
+    ``hierarchy.gateways`` must be an integer in ``[1, dataset.num_clients]``. Gateway-level
+    DP (``dp_unit=gateway``) needs user-level DP-FedAvg (``privacy=user_dp`` or
+    ``user_dp_adaptive``) without secure aggregation, and with fixed cohorts at most
+    ``hierarchy.gateways`` gateways per round. Any hierarchy needs the direct execution path,
+    no canary clients, synchronous rounds and not the secure-aggregation protocol path.
+
+    Raises:
+        ConfigError: naming the field and what is allowed.
+    """
+    name = _get(cfg, "hierarchy.name", "none") or "none"
+    if name not in HIERARCHY:
+        raise ConfigError(
+            "hierarchy.name", f"unknown value {name!r}; choose from {list(HIERARCHY)}"
+        )
+    if name == "none":
+        return
+    gateways = number(cfg, "hierarchy.gateways", low=1, integer=True)
+    clients = _get(cfg, "dataset.num_clients")
+    if clients is not None and gateways > int(clients):
+        raise ConfigError(
+            "hierarchy.gateways",
+            f"must be in [1, {clients}] (at most dataset.num_clients), got {gateways}",
+        )
+    choice(cfg, "hierarchy.assign", HIERARCHY_ASSIGN)
+    unit = choice(cfg, "hierarchy.dp_unit", HIERARCHY_DP_UNITS)
+    secagg = _get(cfg, "secagg.mode", "none") or "none"
+    if secagg == "protocol":
+        raise ConfigError(
+            "secagg.mode",
+            "hierarchical aggregation runs secure aggregation on the fast path only; choose "
+            "secagg=fast or secagg=none with hierarchy=gateways",
+        )
+    if (_get(cfg, "canaries.count") or 0) > 0:
+        raise ConfigError(
+            "hierarchy.name",
+            "canary clients need flat aggregation; set hierarchy=none or canaries.count=0",
+        )
+    if _get(cfg, "execution.path") == "lowrank":
+        raise ConfigError(
+            "execution.path",
+            "hierarchical aggregation needs execution.path=direct or auto, got lowrank",
+        )
+    if (_get(cfg, "async.name", "none") or "none") != "none":
+        raise ConfigError(
+            "hierarchy.name",
+            "hierarchical aggregation runs synchronous rounds; set async=none or hierarchy=none",
+        )
+    if unit == "gateway":
+        privacy = _get(cfg, "privacy.name", "none")
+        if privacy not in GATEWAY_PRIVACY:
+            raise ConfigError(
+                "hierarchy.dp_unit",
+                f"gateway-level DP needs privacy=user_dp or user_dp_adaptive, got "
+                f"privacy={privacy}; use hierarchy.dp_unit=client otherwise",
+            )
+        if secagg != "none":
+            raise ConfigError(
+                "secagg.mode",
+                "hierarchy.dp_unit=gateway clips each gateway's sum in the clear; secure "
+                "aggregation is supported with hierarchy.dp_unit=client only",
+            )
+        if _get(cfg, "sampling.kind") == "fixed":
+            size = _get(cfg, "sampling.cohort_size")
+            if size is not None and int(size) > gateways:
+                raise ConfigError(
+                    "sampling.cohort_size",
+                    f"with hierarchy.dp_unit=gateway the cohort counts gateways: must be in "
+                    f"[1, {gateways}] (hierarchy.gateways), got {size}",
+                )
+
+
+ASYNC = ("none", "fedbuff")
+ASYNC_DELAYS = ("exponential", "lognormal", "constant")
+ASYNC_ACCOUNTING = ("no_amplification", "uniform_subset")
+
+
+def validate_async(cfg: Mapping[str, Any]) -> None:
+    """Checks the ``async`` group (buffered asynchronous aggregation, :mod:`fedpriv.fl.fedbuff`).
+
+    FedBuff needs integers ``buffer_size >= 1``, ``concurrency >= 1`` and ``max_staleness >=
+    0`` with ``concurrency + buffer_size - 1 <= dataset.num_clients`` (clients in flight and
+    clients waiting in the buffer are not drawn again), a ``staleness_exponent >= 0``, a
+    delay model (``exponential``, ``lognormal`` or ``constant`` with ``mean > 0``,
+    ``sigma > 0``, ``stragglers`` in [0, 1], ``slowdown >= 1``) and an accounting mode; it
+    runs without secure aggregation, canaries, availability or compute models, FedNova, or
+    resumption.
+
+    Raises:
+        ConfigError: naming the field and what is allowed.
+    """
+    name = _get(cfg, "async.name", "none") or "none"
+    if name not in ASYNC:
+        raise ConfigError("async.name", f"unknown value {name!r}; choose from {list(ASYNC)}")
+    if name == "none":
+        return
+    k = number(cfg, "async.buffer_size", low=1, integer=True)
+    m = number(cfg, "async.concurrency", low=1, integer=True)
+    number(cfg, "async.max_staleness", low=0, integer=True)
+    number(cfg, "async.staleness_exponent", low=0)
+    choice(cfg, "async.delay.distribution", ASYNC_DELAYS)
+    number(cfg, "async.delay.mean", low=0, low_open=True)
+    number(cfg, "async.delay.sigma", low=0, low_open=True, required=False)
+    number(cfg, "async.delay.stragglers", low=0, high=1, required=False)
+    number(cfg, "async.delay.slowdown", low=1, required=False)
+    choice(cfg, "async.accounting", ASYNC_ACCOUNTING)
+    clients = _get(cfg, "dataset.num_clients")
+    if clients is not None and m + k - 1 > int(clients):
+        raise ConfigError(
+            "async.concurrency",
+            f"must be in [1, {int(clients) - k + 1}] (dataset.num_clients - async.buffer_size "
+            f"+ 1: clients in flight and clients waiting in the buffer are not drawn again), "
+            f"got {m}",
+        )
+    if (_get(cfg, "secagg.mode", "none") or "none") != "none":
+        raise ConfigError("secagg.mode", "async=fedbuff runs without secure aggregation")
+    if (_get(cfg, "canaries.count") or 0) > 0:
+        raise ConfigError("async.name", "async=fedbuff runs without canary clients")
+    for group in ("availability", "compute"):
+        kind = _get(cfg, f"{group}.kind", "none") or "none"
+        if kind != "none":
+            raise ConfigError(
+                f"{group}.kind",
+                f"async=fedbuff simulates its own delays; set {group}=none (got {kind!r})",
+            )
+    if _get(cfg, "algorithm.name") == "fednova":
+        raise ConfigError(
+            "algorithm.name", "async=fedbuff does not run FedNova; choose another algorithm"
+        )
+    if _get(cfg, "resume", False):
+        raise ConfigError("resume", "async=fedbuff runs cannot be resumed; start a new run")
+
+
+AVAILABILITY = ("none", "bernoulli", "diurnal", "trace")
+COMPUTE = ("none", "uniform", "stragglers")
+
+
+def validate_edge(cfg: Mapping[str, Any]) -> None:
+    """Checks the ``availability`` and ``compute`` groups, FedProx / FedNova
+    (:mod:`fedpriv.fl.edge`) and ``eval_train`` (true or false: also evaluate the global
+    model on the training population, for the federated objective of Li et al. 2020).
+
+    ``availability``: ``bernoulli`` needs ``dropout`` in [0, 1); ``diurnal`` needs ``low`` in
+    [0, 1], ``high`` in (0, 1] with ``low <= high``, ``period > 0``; ``trace`` needs a
+    ``path`` (the file is read by :func:`fedpriv.validation.check_data_files`); all take
+    ``round_duration > 0``. ``compute``: ``uniform`` needs ``low_fraction`` in (0, 1];
+    ``stragglers`` needs ``fraction`` in [0, 1], ``steps_fraction`` in (0, 1] or null and
+    ``drop`` true or false. ``algorithm=fedprox`` needs ``mu >= 0``; ``algorithm=fednova``
+    needs client SGD (``client.optimizer=sgd``) and an optional ``tau_eff > 0``. Dropping
+    clients after sampling needs the jit-compiled round (not ``secagg=protocol``, which has
+    its own dropout model) and no canary clients; changes to local training
+    (``compute`` with ``drop: false``, FedProx, FedNova) need local SGD without example-level
+    DP and the direct execution path.
+
+    Raises:
+        ConfigError: naming the field and what is allowed.
+    """
+    eval_train = _get(cfg, "eval_train", False)
+    if not isinstance(eval_train, bool):
+        raise ConfigError("eval_train", f"must be true or false, got {eval_train!r}")
+    kind = _get(cfg, "availability.kind", "none") or "none"
+    if kind not in AVAILABILITY:
+        raise ConfigError(
+            "availability.kind", f"unknown value {kind!r}; choose from {list(AVAILABILITY)}"
+        )
+    if kind != "none":
+        number(cfg, "availability.round_duration", low=0, low_open=True, required=False)
+    if kind == "bernoulli":
+        number(cfg, "availability.dropout", low=0, high=1, high_open=True)
+    elif kind == "diurnal":
+        low = number(cfg, "availability.low", low=0, high=1)
+        high = number(cfg, "availability.high", low=0, high=1, low_open=True)
+        if low > high:
+            raise ConfigError(
+                "availability.low",
+                f"must be at most availability.high ({high}), got {low}",
+            )
+        number(cfg, "availability.period", low=0, low_open=True)
+    elif kind == "trace":
+        path = _get(cfg, "availability.path")
+        if not isinstance(path, str) or not path.strip():
+            raise ConfigError(
+                "availability.path",
+                f"is required for availability=trace (a CSV of client, available_from, "
+                f"available_to), got {path!r}",
+            )
+    compute = _get(cfg, "compute.kind", "none") or "none"
+    if compute not in COMPUTE:
+        raise ConfigError("compute.kind", f"unknown value {compute!r}; choose from {list(COMPUTE)}")
+    drop = False
+    if compute == "uniform":
+        number(cfg, "compute.low_fraction", low=0, high=1, low_open=True)
+    elif compute == "stragglers":
+        number(cfg, "compute.fraction", low=0, high=1)
+        number(cfg, "compute.steps_fraction", low=0, high=1, low_open=True, required=False)
+        drop = _get(cfg, "compute.drop", False)
+        if not isinstance(drop, bool):
+            raise ConfigError("compute.drop", f"must be true or false, got {drop!r}")
+    algorithm = _get(cfg, "algorithm.name")
+    if algorithm == "fedprox":
+        number(cfg, "algorithm.mu", low=0)
+    if algorithm == "fednova":
+        number(cfg, "algorithm.tau_eff", low=0, low_open=True, required=False)
+        if (_get(cfg, "hierarchy.name", "none") or "none") != "none":
+            raise ConfigError(
+                "algorithm.name",
+                "algorithm=fednova rescales the flat aggregate; use it with hierarchy=none",
+            )
+        if _get(cfg, "client.optimizer") != "sgd":
+            raise ConfigError(
+                "client.optimizer",
+                "algorithm=fednova normalises by local SGD steps; choose client.optimizer=sgd, "
+                f"got {_get(cfg, 'client.optimizer')!r}",
+            )
+    drops = kind != "none" or drop
+    local = (compute != "none" and not drop) or algorithm in ("fedprox", "fednova")
+    if drops or algorithm == "fednova":
+        if (_get(cfg, "secagg.mode", "none") or "none") == "protocol":
+            raise ConfigError(
+                "secagg.mode",
+                "availability, dropped stragglers and FedNova run in the jit-compiled round; "
+                "secagg=protocol has its own dropout model (secagg.dropout); choose "
+                "secagg=none or fast",
+            )
+    if drops and (_get(cfg, "canaries.count") or 0) > 0:
+        raise ConfigError(
+            "canaries.count",
+            "canary clients are never dropped: use availability=none and no dropped stragglers "
+            "with canaries, or set canaries.count=0",
+        )
+    if (drops or local) and (_get(cfg, "async.name", "none") or "none") != "none":
+        raise ConfigError(
+            "async.name",
+            "async=fedbuff has its own delay and straggler model; use availability=none, "
+            "compute=none and a synchronous algorithm with it",
+        )
+    if local:
+        if _get(cfg, "privacy.name") == "example_dp":
+            raise ConfigError(
+                "privacy.name",
+                "example_dp runs a fixed number of DP-SGD steps per client; it does not combine "
+                "with compute=uniform/stragglers (drop=false), algorithm=fedprox or fednova",
+            )
+        if _get(cfg, "execution.path") == "lowrank":
+            raise ConfigError(
+                "execution.path",
+                "compute=uniform/stragglers (drop=false), algorithm=fedprox and fednova change "
+                "local training; choose execution.path=direct or auto, got lowrank",
+            )

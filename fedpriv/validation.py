@@ -164,11 +164,17 @@ def check_npz_layout(
 
 
 def check_data_files(cfg: Mapping[str, Any]) -> None:
-    """Checks the data files a configuration names (headers only, no data is loaded)."""
+    """Checks the data files a configuration names (headers only, no data is loaded) and the
+    availability trace (``availability=trace``, read whole: it is small)."""
     dataset = cfg.get("dataset") or {}
     if dataset.get("name") == "npz":
         path = dataset.get("path")
         check_npz_layout(npz_headers(path), path, (cfg.get("model") or {}).get("name"))
+    availability = cfg.get("availability") or {}
+    if availability.get("kind") == "trace":
+        from fedpriv.fl.edge import read_trace
+
+        read_trace(availability.get("path"))
 
 
 # --- resuming -----------------------------------------------------------------------------------
@@ -266,6 +272,14 @@ def check_resume(run_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> None:
         except Exception as err:  # noqa: BLE001 - any parse failure is a bad file
             raise ConfigError(str(source), f"cannot be read ({type(err).__name__})") from None
     if saved is not None:
+        if "canaries" not in saved:  # made before canary clients existed: it had none
+            saved = {**saved, "canaries": {"count": 0, "unseen": None}}
+        for group in ("availability", "compute"):  # made before these groups existed
+            if group not in saved:
+                saved = {**saved, group: {"kind": "none"}}
+        for group in ("hierarchy", "async"):  # made before these groups: flat, synchronous
+            if group not in saved:
+                saved = {**saved, group: {"name": "none"}}
         diffs = config_differences(saved, cfg)
         if diffs:
             key = diffs[0]

@@ -15,7 +15,9 @@ Format 1 of a record::
 ``noise_multiplier`` is the standard deviation of the Gaussian noise divided by the L2 norm
 bound (clip) of one contribution, i.e. by the add/remove-one sensitivity of the noised sum.
 ``realised_cohort`` is informational and never used for accounting: with Poisson sampling the
-realised cohort size is itself private.
+realised cohort size is itself private. ``dropped`` (optional) counts the sampled clients
+that did not report (availability models, :mod:`fedpriv.fl.edge`; ``realised_cohort`` then
+counts the survivors); it is informational too, and never used for accounting.
 
 With adaptive clipping (Andrew et al. 2021) a record also holds ``count_noise_std``
 (``sigma_b``, the noise on the sum of centred clip indicators ``b_i - 1/2``); then
@@ -35,7 +37,18 @@ unit        sampling    event, neighbouring relation
 ``user``    ``full``    ``GaussianDpEvent(z)``, add/remove one client
 ``example`` any         ``SelfComposedDpEvent(PoissonSampledDpEvent(q_ex,
                         GaussianDpEvent(z)), steps)``, add/remove one example
+``gateway`` any         as ``user``, with gateways in place of clients: ``q`` is the
+                        probability that a gateway takes part, ``n`` and ``m`` count
+                        gateways; add/remove (or replace) one gateway with all its clients
 ==========  ==========  ===================================================================
+
+Unit ``"gateway"`` is hierarchical aggregation (:mod:`fedpriv.fl.hierarchy`) with
+gateway-level DP: each gateway's aggregate of its clients is clipped to ``clip_norm`` as one
+contribution and gateways, not clients, are sampled (every client of a drawn gateway takes
+part). A gateway record is mapped exactly like a user record, with ``population`` the number
+of gateways, ``cohort_size`` the (expected) number of gateways per round and
+``realised_cohort`` the gateways that took part; the guarantee protects one gateway's whole
+data, and hence any one client in it.
 
 Distributed DP on secure aggregation (``mechanism`` ``"skellam"`` or ``"discrete_gaussian"``)
 adds the fields of :class:`fedpriv.privacy.distributed.DistributedNoise`: ``scale`` (integers
@@ -82,7 +95,9 @@ if TYPE_CHECKING:
 
 #: The ledger format this module reads and writes.
 LEDGER_FORMAT = 1
-UNITS: tuple[str, ...] = ("user", "example")
+UNITS: tuple[str, ...] = ("user", "example", "gateway")
+#: Units accounted like user-level DP (one clipped contribution per unit per round).
+_USER_LIKE: tuple[str, ...] = ("user", "gateway")
 SAMPLINGS: tuple[str, ...] = ("poisson", "fixed", "full")
 DISTRIBUTED_MECHANISMS: tuple[str, ...] = ("skellam", "discrete_gaussian")
 MECHANISMS: tuple[str, ...] = ("gaussian", *DISTRIBUTED_MECHANISMS)
@@ -116,6 +131,7 @@ _FIELDS: tuple[str, ...] = (
     "steps",
     "example_sampling_rate",
     "realised_cohort",
+    "dropped",
     "count_noise_std",
     *_DISTRIBUTED_FIELDS,
     "replay",
@@ -147,16 +163,22 @@ class RoundEvent:
         sampling: ``"poisson"``, ``"fixed"`` (exactly ``cohort_size`` of ``population``
             clients, without replacement) or ``"full"`` (every client every round).
         noise_multiplier: Noise standard deviation over the L2 clip of one contribution.
-        unit: Unit of privacy, ``"user"`` (one client's whole data) or ``"example"``.
+        unit: Unit of privacy, ``"user"`` (one client's whole data), ``"example"`` or
+            ``"gateway"`` (one gateway's clients, hierarchical aggregation; then
+            ``population``, ``cohort_size``, ``sampling_rate`` and ``realised_cohort``
+            count gateways).
         sampling_rate: Poisson: client sampling probability in (0, 1]. Fixed: ``m / n``
             (optional, checked). Full: 1 (optional, checked).
         population: Number of clients ``n``; required for fixed cohorts.
         cohort_size: Fixed: exact cohort size ``m``. Poisson: expected size (informational).
         clip_norm: L2 clip ``C`` of one contribution (informational, checked).
         noise_std: Standard deviation of the noise added to the sum (informational, checked).
-        steps: ``unit="user"``: 1. ``unit="example"``: local DP-SGD steps per client per round.
+        steps: ``unit="user"`` or ``"gateway"``: 1. ``unit="example"``: local DP-SGD steps per
+            client per round.
         example_sampling_rate: ``unit="example"``: Poisson rate of examples per local step.
         realised_cohort: Realised cohort size; never used for accounting.
+        dropped: Sampled clients that did not report (unavailable or dropped stragglers);
+            informational, never used for accounting.
         count_noise_std: Adaptive clipping only: std ``sigma_b`` of the noise on the sum of
             centred clip indicators (checked against ``noise_multiplier``, see the module
             docstring).
@@ -183,6 +205,7 @@ class RoundEvent:
     steps: int = 1
     example_sampling_rate: float | None = None
     realised_cohort: int | None = None
+    dropped: int | None = None
     count_noise_std: float | None = None
     scale: float | None = None
     local_variance: float | None = None
@@ -218,6 +241,8 @@ class RoundEvent:
             put("population", _checks.integer("population", self.population, 1))
         if self.realised_cohort is not None:
             put("realised_cohort", _checks.integer("realised_cohort", self.realised_cohort, 0))
+        if self.dropped is not None:
+            put("dropped", _checks.integer("dropped", self.dropped, 0))
         if self.clip_norm is not None:
             put("clip_norm", _checks.positive("clip_norm", self.clip_norm))
         if self.noise_std is not None:
@@ -341,13 +366,13 @@ class RoundEvent:
                 put("cohort_size", m)
 
     def _check_unit(self, put: Any) -> None:
-        if self.unit == "user":
+        if self.unit in _USER_LIKE:
             if self.steps != 1:
-                raise ConfigError("steps", f"must be 1 for unit='user', got {self.steps}")
+                raise ConfigError("steps", f"must be 1 for unit={self.unit!r}, got {self.steps}")
             if self.example_sampling_rate is not None:
                 raise ConfigError(
                     "example_sampling_rate",
-                    f"must be null for unit='user', got {self.example_sampling_rate!r}",
+                    f"must be null for unit={self.unit!r}, got {self.example_sampling_rate!r}",
                 )
         else:
             if self.example_sampling_rate is None:
@@ -381,7 +406,7 @@ class RoundEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, with every field of format 1 in ledger order (``count_noise_std``
-        only when set, ``replay`` only when true)."""
+        and ``dropped`` only when set, ``replay`` only when true)."""
         out = {name: getattr(self, name) for name in _FIELDS}
         if out["count_noise_std"] is None:
             del out["count_noise_std"]
@@ -390,12 +415,15 @@ class RoundEvent:
                 del out[name]
         if not out["replay"]:
             del out["replay"]
+        if out["dropped"] is None:
+            del out["dropped"]
         return out
 
     @property
     def neighboring_relation(self) -> str:
-        """:data:`REPLACE_ONE` for user-level fixed cohorts, else :data:`ADD_REMOVE`."""
-        if self.unit == "user" and self.sampling == "fixed":
+        """:data:`REPLACE_ONE` for user- or gateway-level fixed cohorts, else
+        :data:`ADD_REMOVE`."""
+        if self.unit in _USER_LIKE and self.sampling == "fixed":
             return REPLACE_ONE
         return ADD_REMOVE
 
@@ -412,10 +440,10 @@ class RoundEvent:
         if self.unit == "example":
             return ("example", z, self.steps, self.example_sampling_rate)
         if self.sampling == "poisson":
-            return ("user", "poisson", self.sampling_rate, z)
+            return (self.unit, "poisson", self.sampling_rate, z)
         if self.sampling == "fixed":
-            return ("user", "fixed", self.population, int(self.cohort_size), z)
-        return ("user", "full", z)
+            return (self.unit, "fixed", self.population, int(self.cohort_size), z)
+        return (self.unit, "full", z)
 
     def dp_event(self) -> dp_accounting.DpEvent:
         """The ``dp_accounting`` event of this round.
@@ -446,6 +474,11 @@ class RoundEvent:
               clip count together are one Gaussian mechanism with multiplier ``z``
               (Andrew et al. 2021, Theorem 1); under replace-one both sensitivities double,
               so the ``z / 2`` reading above holds for the pair too.
+            * ``unit="gateway"``: each of the three cases above, read with "gateway" for
+              "client": a gateway's clipped aggregate is one contribution of norm ``<= C``,
+              gateways are sampled (all clients of a drawn gateway take part), and the
+              neighbouring relation adds/removes (or, for fixed cohorts, replaces) one
+              gateway with all its clients.
             * ``unit="example"``: ``steps`` local DP-SGD steps, each Poisson-sampling examples
               with rate ``q_ex`` and adding ``N(0, (z C)^2)`` to the sum of per-example
               gradients clipped to ``C`` (Abadi et al. 2016), under add/remove-one-example
@@ -645,7 +678,8 @@ def plan_events(
         cohort_size: Cohort size ``m`` (required for ``"fixed"``).
         steps: Local DP-SGD steps per round (``unit="example"``).
         example_sampling_rate: Poisson rate of examples per local step (``unit="example"``).
-        unit: ``"user"`` or ``"example"``.
+        unit: ``"user"``, ``"example"`` or ``"gateway"`` (then ``population`` and
+            ``cohort_size`` count gateways).
         clip_norm: Clip ``C``; when given, ``noise_std = noise_multiplier * C`` is recorded.
         first_round: Index of the first round.
 

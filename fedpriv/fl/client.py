@@ -83,6 +83,10 @@ def make_client_update(
     batch_size: int,
     n_cap: int,
     grad_fn: Callable[..., tuple[jax.Array, PyTree]] | None = None,
+    *,
+    proximal_mu: float = 0.0,
+    work_fraction: Callable[[jax.Array], jax.Array] | None = None,
+    normalize: Callable[[jax.Array], jax.Array] | None = None,
 ) -> Callable[[PyTree, ClientBatch, jax.Array], ClientOutput]:
     """Builds ``client_update(params, batch, key) -> ClientOutput``.
 
@@ -101,9 +105,37 @@ def make_client_update(
         n_cap: static number of example slots per client.
         grad_fn: optional ``grad_fn(params, x[B], y[B], w[B], key) -> (loss, grads)``
             replacing the plain weighted-mean gradient (example-level DP-SGD plugs in here).
+        proximal_mu: FedProx's mu (Li et al. 2020, Algorithm 2): local training minimises
+            ``F_k(w) + mu/2 ||w - w_global||^2``, so ``mu (w - w_global)`` is added to each
+            step's gradient before the optimizer (any optax optimizer). ``0`` is FedAvg: the
+            term is not traced at all, so the program is FedAvg's, bit for bit.
+        work_fraction: heterogeneous compute: ``work_fraction(key) -> f`` in ``(0, 1]``
+            (e.g. :func:`fedpriv.fl.edge.uniform_work`), drawn from the client's key folded
+            with :data:`COMPUTE_PURPOSE`. The client then takes only its first
+            ``clip(round(f * T), 1, T)`` of its ``T`` non-empty steps; the rest are masked
+            inside the scan, so every client runs the same compiled program. None: every
+            client takes all its steps.
+        normalize: FedNova's normalisation (Wang et al. 2020): ``normalize(steps) -> ||a||_1``
+            (e.g. :func:`fednova_norm`); the returned update is the normalised update
+            ``(local - global) / ||a||_1`` and the round rescales the aggregate by
+            ``tau_eff`` (:class:`fedpriv.fl.edge.EdgeSpec`). None: the plain update.
 
     Returns:
         A pure function of ``(params, ClientBatch, key)``, safe to ``vmap`` and ``jit``.
+
+    References:
+        McMahan et al. "Communication-Efficient Learning of Deep Networks from Decentralized
+        Data." AISTATS 2017 (ClientUpdate).
+        Li, Sahu, Zaheer, Sanjabi, Talwalkar, Smith. "Federated Optimization in Heterogeneous
+        Networks." MLSys 2020 (FedProx's proximal term; partial work of stragglers).
+        Wang, Liu, Liang, Joshi, Poor. "Tackling the Objective Inconsistency Problem in
+        Heterogeneous Federated Optimization." NeurIPS 2020 (FedNova).
+
+    Privacy:
+        Local training only; what reaches the server is bounded by the aggregator. With
+        ``normalize`` the aggregator clips the normalised update (the sensitivity is the clip
+        norm either way). ``proximal_mu`` and ``work_fraction`` change local computation
+        only and never depend on other clients' data.
     """
 
     def mean_loss(params, x, y, w):
@@ -118,12 +150,22 @@ def make_client_update(
 
     def client_update(params: PyTree, batch: ClientBatch, key: jax.Array) -> ClientOutput:
         idx, weights, step_keys = batch_schedule(key, batch.count, n_cap, batch_size, epochs)
+        if work_fraction is not None:
+            fraction = work_fraction(jax.random.fold_in(key, COMPUTE_PURPOSE))
+            weights = weights & step_budget_mask(weights, fraction)[:, None]
 
         def step(carry, inputs):
             local, opt_state = carry
             ix, w, k = inputs
             w = w.astype(jnp.float32)
             loss, grads = compute_grad(local, batch.x[ix], batch.y[ix], w, k)
+            if proximal_mu:
+                grads = jax.tree.map(
+                    lambda g, w_local, w_global: g + proximal_mu * (w_local - w_global),
+                    grads,
+                    local,
+                    params,
+                )
             updates, new_opt_state = optimizer.update(grads, opt_state, local)
             new_local = optax.apply_updates(local, updates)
             active = jnp.any(w > 0)
@@ -137,9 +179,56 @@ def make_client_update(
         )
         steps = jnp.sum(active)
         update = jax.tree.map(jnp.subtract, local, params)
+        if normalize is not None:
+            norm = normalize(steps)
+            norm = jnp.where(norm > 0, norm, 1.0)
+            update = jax.tree.map(lambda u: u / norm, update)
         return ClientOutput(update, jnp.sum(losses) / jnp.maximum(steps, 1), steps)
 
     return client_update
+
+
+#: Purpose id folded into a client's key for its compute draw (the batch order and the
+#: DP-SGD noise use the key itself, so they are the same with and without the draw).
+COMPUTE_PURPOSE = 0x636F6D70  # "comp"
+
+
+def step_budget_mask(weights: jax.Array, fraction: jax.Array) -> jax.Array:
+    """Which scheduled steps a client with work ``fraction`` takes: ``allowed[T]``.
+
+    A client's non-empty steps (those with a real example in ``weights[T, B]``) are counted
+    in order; it takes the first ``clip(round(fraction * T_i), 1, T_i)`` of its ``T_i``
+    non-empty steps, so a client with ``fraction = k / E`` of ``E`` epochs runs exactly
+    ``k`` epochs. ``fraction = 1`` allows every step.
+    """
+    has_data = jnp.any(weights, axis=1)
+    total = jnp.sum(has_data)
+    budget = jnp.minimum(jnp.maximum(jnp.round(fraction * total), 1), total)
+    return jnp.cumsum(has_data) <= budget
+
+
+def fednova_norm(momentum: float = 0.0) -> Callable[[jax.Array], jax.Array]:
+    """FedNova's ``||a_i||_1`` as a function of the local steps ``tau_i`` (float32).
+
+    Plain local SGD: ``||a_i||_1 = tau_i``. SGD with heavy-ball momentum ``rho`` (optax's
+    ``sgd(lr, momentum)``): ``||a_i||_1 = (tau_i - rho (1 - rho^tau_i) / (1 - rho)) / (1 - rho)``
+    (Wang et al. 2020, Section 5 and Appendix, "local momentum").
+
+    References:
+        Wang, Liu, Liang, Joshi, Poor. "Tackling the Objective Inconsistency Problem in
+        Heterogeneous Federated Optimization." NeurIPS 2020.
+    """
+    rho = float(momentum)
+    if not 0.0 <= rho < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {rho}")
+
+    def norm(steps: jax.Array) -> jax.Array:
+        tau = jnp.asarray(steps, jnp.float32)
+        if rho == 0.0:
+            return tau
+        return (tau - rho * (1.0 - rho**tau) / (1.0 - rho)) / (1.0 - rho)
+
+    return norm
 
 
 def make_client_optimizer(

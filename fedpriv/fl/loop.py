@@ -30,18 +30,20 @@ from fedpriv import models
 from fedpriv.data.stats import population_stats
 from fedpriv.errors import ConfigError
 from fedpriv.fl import checkpoint as checkpoint_lib
-from fedpriv.fl import lowrank, planner
-from fedpriv.fl.client import make_client_optimizer
+from fedpriv.fl import edge as edge_lib
+from fedpriv.fl import hierarchy, lowrank, planner
+from fedpriv.fl.canaries import CanarySpec, participations, write_canaries_file
+from fedpriv.fl.client import make_client_optimizer, num_local_steps
 from fedpriv.fl.round import RoundInputs, ServerState, init_server_state, make_round
 from fedpriv.fl.sampling import build_sampler
-from fedpriv.fl.server import server_optimizer
+from fedpriv.fl.server import server_optimizer_from_config
 from fedpriv.privacy.ledger import LEDGER_FILE, LedgerWriter
 from fedpriv.privacy.plan import PrivacyPlan, build_plan
 from fedpriv.validation import check_output_dir, read_jsonl
 
 # Purposes of the keys split from the root seed (DESIGN.md, rule 5).
 KEY_DATA, KEY_INIT, KEY_SAMPLING, KEY_ROUND = 0, 1, 2, 3
-KEY_SECAGG = 4
+KEY_SECAGG, KEY_CANARY = 4, 5
 
 
 def purpose_key(seed: int, purpose: int) -> jax.Array:
@@ -62,6 +64,10 @@ class Experiment:
         n_cap: example slots per client.
         round_fn: the jit-compiled round.
         state: current server state.
+        privacy: the privacy plan that builds the mechanism and writes the ledger.
+        mesh: the device mesh (None: one device).
+        canaries: the canary clients (None: none); the sampler's population includes them.
+        initial_params: the parameters before round 1.
     """
 
     cfg: dict[str, Any]
@@ -74,6 +80,8 @@ class Experiment:
     state: ServerState
     privacy: PrivacyPlan
     mesh: jax.sharding.Mesh | None = None
+    canaries: CanarySpec | None = None
+    initial_params: Any = None
 
     def sampling_key(self, rnd: int) -> jax.Array:
         return jax.random.fold_in(purpose_key(self.cfg["seed"], KEY_SAMPLING), rnd)
@@ -90,7 +98,16 @@ class Experiment:
         pad = slots - len(ids)
         ids = np.concatenate([ids, np.zeros(pad, ids.dtype)])
         mask = np.concatenate([mask, np.zeros(pad, bool)])
-        batch = RoundInputs(*self.data.train.gather(ids, mask, self.n_cap))
+        if self.canaries is None:
+            batch = RoundInputs(*self.data.train.gather(ids, mask, self.n_cap))
+        else:
+            # Canary slots hold no data (count 0); the round plants their updates.
+            canary = mask & (ids >= self.canaries.first_id)
+            batch = RoundInputs(*self.data.train.gather(ids, mask & ~canary, self.n_cap))
+            batch = batch._replace(
+                client_mask=mask.astype(np.float32),
+                client_ids=np.where(mask, ids, -1).astype(np.int32),
+            )
         if self.mesh is None:
             return jax.device_put(batch)
         from jax.sharding import NamedSharding, PartitionSpec
@@ -98,7 +115,17 @@ class Experiment:
         return jax.device_put(batch, NamedSharding(self.mesh, PartitionSpec("clients")))
 
     def evaluate(self, params: Any) -> dict[str, float]:
-        return evaluate(self.model, params, self.data.test_x, self.data.test_y)
+        """Test loss and accuracy; with ``eval_train: true`` also the global model's loss and
+        accuracy on the whole training population (``global_train_loss``,
+        ``global_train_accuracy``: the federated objective ``sum_k p_k F_k(w)`` that Li et
+        al. 2020 plot as "training loss")."""
+        out = evaluate(self.model, params, self.data.test_x, self.data.test_y)
+        if self.cfg.get("eval_train"):
+            train = evaluate(self.model, params, self.data.train.x, self.data.train.y)
+            out.update(
+                global_train_loss=train["test_loss"], global_train_accuracy=train["test_accuracy"]
+            )
+        return out
 
 
 def build(cfg: Mapping[str, Any]) -> Experiment:
@@ -129,9 +156,16 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
     max_examples = cfg["client"].get("max_examples")
     n_cap = int(sizes.max() if max_examples is None else min(sizes.max(), max_examples))
     samp = cfg["sampling"]
+    num_canaries, num_unseen = canary_counts(cfg)
     sampler = build_sampler(
-        samp["kind"], data.train.num_clients, samp.get("cohort_size"), samp.get("rate")
+        samp["kind"],
+        data.train.num_clients + num_canaries,
+        samp.get("cohort_size"),
+        samp.get("rate"),
     )
+    hier = hierarchy.from_config(cfg.get("hierarchy"), data.train.num_clients)
+    if hier is not None:  # with dp_unit=gateway the sampler draws gateways
+        sampler = hier.wrap_sampler(sampler, samp)
     client_opt = make_client_optimizer(
         cfg["client"]["optimizer"],
         float(cfg["client"]["lr"]),
@@ -146,22 +180,27 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         secagg_cfg=cfg.get("secagg"),
         num_params=sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)),
     )
+    if hier is not None:
+        privacy = hier.plan(privacy)
     client_update = privacy.client_update(
         model.apply,
         client_opt,
         int(cfg["client"]["epochs"]),
         int(cfg["client"]["batch_size"]),
         n_cap,
+        **edge_lib.local_options(cfg),
+    )
+    edge = edge_lib.build_edge(
+        cfg,
+        population=data.train.num_clients,
+        seed_key=purpose_key(seed, edge_lib.EDGE_PURPOSE),
+        user_dp=privacy.unit in ("user", "gateway"),
+        local_steps=num_local_steps(
+            n_cap, int(cfg["client"]["batch_size"]), int(cfg["client"]["epochs"])
+        ),
     )
     alg = cfg["algorithm"]
-    server_opt = server_optimizer(
-        alg["name"],
-        float(alg["server_lr"]),
-        float(alg.get("server_momentum") or 0.9),
-        float(alg.get("beta1") or 0.9),
-        float(alg.get("beta2") or 0.99),
-        float(alg.get("tau") or 1e-3),
-    )
+    server_opt = server_optimizer_from_config(alg)
     aggregator = privacy.aggregator(
         alg.get("weighting", "count"), key=purpose_key(seed, KEY_SECAGG), params=params
     )
@@ -176,6 +215,21 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         num_devices=(cfg.get("execution") or {}).get("devices", 1),
     )
     mesh = planner.make_mesh(exec_plan.num_devices)
+    canaries = None
+    if num_canaries:
+        if privacy.unit != "user" or privacy.secagg is not None:
+            raise ConfigError(
+                "canaries.count",
+                "canary clients need user-level DP without secure aggregation "
+                "(privacy=user_dp or user_dp_adaptive, secagg=none)",
+            )
+        canaries = CanarySpec(
+            first_id=data.train.num_clients,
+            count=num_canaries,
+            unseen=num_unseen,
+            key=purpose_key(seed, KEY_CANARY),
+            per_layer=privacy.per_layer,
+        )
     population_bytes = data.train.x.nbytes + data.train.y.nbytes
     warning = planner.memory_warning(
         planner.estimate_peak_bytes(exec_plan, n_cap, example_bytes, population_bytes),
@@ -187,15 +241,19 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         # The protocol runs on the host between two jit-compiled halves of the round.
         from fedpriv.privacy.secagg.host_round import make_protocol_round
 
+        if edge is not None:
+            raise ConfigError(
+                "secagg.mode", "availability models and FedNova need secagg=none or fast"
+            )
         round_fn = make_protocol_round(client_update, aggregator, server_opt, privacy.secagg)
     else:
         local_sums = None
+        requested = str((cfg.get("execution") or {}).get("path", "auto"))
+        if canaries is not None and requested == "lowrank":
+            raise ConfigError("canaries.count", "canary clients need execution.path=direct or auto")
+        path = "direct" if canaries is not None else requested
         path = lowrank.choose_path(
-            str((cfg.get("execution") or {}).get("path", "auto")),
-            params,
-            cfg["client"],
-            aggregator,
-            privacy.unit == "example",
+            path, params, cfg["client"], aggregator, privacy.unit == "example"
         )
         if path == "lowrank":
             exec_plan = _lowrank_plan(exec_plan, params, n_cap, cfg["client"])
@@ -208,6 +266,13 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
                 aggregator,
                 exec_plan.chunk_size,
             )
+        if hier is not None:
+            aggregator, local_sums = hier.round_parts(
+                aggregator,
+                client_update,
+                alg.get("weighting", "count"),
+                exec_plan.chunk_size,
+            )
         round_fn = jax.jit(
             make_round(
                 client_update,
@@ -216,14 +281,45 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
                 exec_plan.chunk_size,
                 mesh,
                 local_sums=local_sums,
+                canaries=canaries,
+                edge=edge,
             )
         )
         if mesh is not None:
             round_fn = _replicating(round_fn, mesh)
     state = init_server_state(params, server_opt, aggregator)
     return Experiment(
-        cfg, data, model, sampler, exec_plan, n_cap, round_fn, state, privacy, mesh=mesh
+        cfg,
+        data,
+        model,
+        sampler,
+        exec_plan,
+        n_cap,
+        round_fn,
+        state,
+        privacy,
+        mesh=mesh,
+        canaries=canaries,
+        initial_params=params,
     )
+
+
+def canary_counts(cfg: Mapping[str, Any]) -> tuple[int, int]:
+    """``(count, unseen)`` of the ``canaries`` block (``(0, 0)`` without it).
+
+    Raises:
+        ConfigError: a count that is not a non-negative integer.
+    """
+    block = cfg.get("canaries") or {}
+    count, unseen = block.get("count") or 0, block.get("unseen")
+    for field, value in (("canaries.count", count), ("canaries.unseen", unseen)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(field, f"must be an integer >= 0, got {value!r}")
+        if value is not None and value < 0:
+            raise ConfigError(field, f"must be an integer >= 0, got {value!r}")
+    if not count:
+        return 0, 0
+    return int(count), int(count if unseen is None else unseen)
 
 
 class _replicating:
@@ -331,6 +427,11 @@ def _final_epsilons(plan: PrivacyPlan, ledger: list[dict]) -> dict[str, float]:
     for name in accounting.supported_accountants(ledger):
         out[name] = float(accounting.epsilon(ledger, plan.delta, name))
     return out
+
+
+class InjectedFault(RuntimeError):
+    """The failure that ``faults.crash_at_round`` plants, standing in for a job that dies
+    (a lost node, an out-of-memory kill) in tests of sweeps, reports and resumption."""
 
 
 class Interrupted(Exception):
@@ -479,7 +580,8 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
     Writes ``metrics.jsonl`` (a line per round, with ``epsilon`` spent so far under DP),
     ``ledger.jsonl`` (one DP event per executed round, appended by the privacy plan that ran;
     absent without DP), ``checkpoints/`` (every ``checkpoint.every`` rounds, at the end, and
-    on SIGTERM/SIGINT), ``final_params.npz`` and ``summary.json``.
+    on SIGTERM/SIGINT), ``final_params.npz`` and ``summary.json``; with ``canaries.count >
+    0`` also ``canaries.json`` (:func:`fedpriv.fl.canaries.write_canaries_file`).
 
     With ``resume: true`` the run continues from the newest checkpoint in ``run_dir`` (from
     round 0 when there is none). The ledger is kept whole: rounds that ran after that
@@ -487,6 +589,9 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
     epsilon, computed over the whole ledger, never under-counts. ``metrics.jsonl`` is cut back
     to the checkpoint's round. Keys depend only on the seed and the round, so a resumed run
     ends with the same parameters as one that was never interrupted.
+
+    With ``async.name: fedbuff`` the run is buffered asynchronous aggregation
+    (:func:`fedpriv.fl.fedbuff.run`: a line and a ledger record per server step).
 
     Args:
         cfg: a validated configuration (plain dicts).
@@ -500,6 +605,10 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
         ConfigError: bad data, checkpoint, ledger or metrics file; nothing has been written.
         Interrupted: SIGTERM or SIGINT arrived; the checkpoint of the last round is written.
     """
+    if ((cfg.get("async") or {}).get("name") or "none") != "none":
+        from fedpriv.fl import fedbuff  # buffered asynchronous aggregation: its own loop
+
+        return fedbuff.run(cfg, run_dir, progress)
     from tqdm.auto import tqdm
 
     from fedpriv import accounting
@@ -516,6 +625,7 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
     plan = exp.privacy
     rounds, eval_every = int(cfg["rounds"]), int(cfg["eval_every"])
     stop_at = (cfg.get("privacy") or {}).get("stop_at_epsilon")
+    crash_at = (cfg.get("faults") or {}).get("crash_at_round")
 
     # Everything is read and checked before anything in the run directory changes.
     begin = _resume_point(exp, run_dir, ckpt) if resume else _Start()
@@ -571,6 +681,10 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
         batch = exp.cohort(done + 1) if done < rounds and not stopped else None
         while done < rounds and not stopped and signals.received is None:
             rnd = done + 1
+            if rnd == crash_at:
+                raise InjectedFault(
+                    f"faults.crash_at_round: the run was made to fail at round {rnd}"
+                )
             t0 = time.time()
             state, metrics = exp.round_fn(state, batch, exp.round_key(rnd))
             if rnd < rounds:  # gathered while the device computes this round
@@ -624,6 +738,14 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
         save(done)
     ckpt.close()
     checkpoint_lib.save_final_params(run_dir, state.params)
+    if exp.canaries is not None:
+        write_canaries_file(
+            run_dir,
+            exp.canaries,
+            exp.initial_params,
+            state.params,
+            participations(exp.sampler, exp.sampling_key, done, exp.canaries),
+        )
     exp.state = state
     wall = time.time() - start_time
     executed = done - begin.round
@@ -646,6 +768,8 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
     }
     if resume:
         summary["resumed_from"] = int(begin.round)
+    if exp.canaries is not None:
+        summary["canaries"] = exp.canaries.count
     if plan.is_private:
         summary["epsilon"] = _final_epsilons(plan, ledger_records)
         summary["delta"] = plan.delta

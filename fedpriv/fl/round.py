@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import optax
 
 from fedpriv.fl.aggregators import Aggregator
+from fedpriv.fl.canaries import CanarySpec
 from fedpriv.fl.client import ClientBatch, ClientOutput
+from fedpriv.fl.edge import EdgeSpec
 
 PyTree = Any
 
@@ -64,17 +66,30 @@ def client_contribution(
     agg_state: PyTree,
     inp: RoundInputs,
     client_key: jax.Array,
+    canaries: CanarySpec | None = None,
 ) -> tuple[PyTree, jax.Array, dict, dict[str, jax.Array]]:
     """One client's slot of the cohort: local training, then the aggregator's contribution.
 
     The client uses ``fold_in(client_key, client_id)``. A non-finite update or loss makes the
     client contribute nothing (mask 0). Returns ``(contrib, weight, stats, per_client)`` with
     ``per_client`` holding the client's ``loss``, ``steps`` and ``finite`` flag.
+
+    With ``canaries``, a slot whose id is a canary's (its data slot is empty, so local
+    training is a no-op) contributes the canary's update instead, selected with
+    ``jnp.where`` so the vmapped cohort stays one program.
+
+    Privacy:
+        The canary update has norm equal to the clip norm, so it passes through the
+        aggregator's clipping unchanged and is protected like any client's contribution.
     """
     key = jax.random.fold_in(client_key, inp.client_ids)
     out = client_update(params, ClientBatch(inp.x, inp.y, inp.count), key)
     finite = _tree_all_finite(out.update) & jnp.isfinite(out.loss)
     update = jax.tree.map(lambda u: jnp.where(finite, u, 0.0), out.update)
+    if canaries is not None:
+        planted = canaries.update(params, inp.client_ids, agg_state)
+        is_canary = canaries.is_canary(inp.client_ids)
+        update = jax.tree.map(lambda u, c: jnp.where(is_canary, c, u), update, planted)
     mask = inp.client_mask * finite
     contrib, weight, stats = aggregator.contribution(update, inp.count, mask, agg_state)
     real = inp.client_mask > 0
@@ -94,6 +109,7 @@ def cohort_sums(
     inputs: RoundInputs,
     client_key: jax.Array,
     chunk_size: int,
+    canaries: CanarySpec | None = None,
 ) -> tuple[tuple[PyTree, jax.Array, dict], dict[str, jax.Array]]:
     """Runs every client of the cohort and sums their contributions.
 
@@ -103,41 +119,62 @@ def cohort_sums(
     not depend on the client's slot or chunk.
 
     A client whose update or loss is not finite contributes nothing (its mask becomes 0) and
-    is counted in ``nonfinite``.
+    is counted in ``nonfinite``. ``canaries``: see :func:`client_contribution`.
 
     Returns:
         ``((total, total_weight, stats), per_client)`` with ``per_client`` holding
         ``loss[C]``, ``steps[C]``, ``finite[C]``.
     """
-    num_slots = inputs.count.shape[0]
+
+    def one_client(inp: RoundInputs):
+        return client_contribution(
+            client_update, aggregator, params, agg_state, inp, client_key, canaries
+        )
+
+    return chunked_sums(one_client, inputs, chunk_size, "cohort")
+
+
+def chunked_sums(
+    one_slot: Callable[[Any], tuple[PyTree, jax.Array, dict, dict[str, jax.Array]]],
+    inputs: Any,
+    chunk_size: int,
+    what: str = "cohort",
+) -> tuple[tuple[PyTree, jax.Array, dict], dict[str, jax.Array]]:
+    """Sums ``one_slot``'s ``(contrib, weight, stats, per_slot)`` over the slots of ``inputs``.
+
+    Slots run ``chunk_size`` at a time under ``vmap``; chunks run in sequence under
+    ``lax.scan``, which carries only the sums, so memory holds one chunk of per-slot results.
+    ``inputs`` is a pytree whose leaves share the leading slot axis.
+
+    Returns:
+        ``((total, total_weight, stats), per_slot)``, ``per_slot`` leaves with the slot axis.
+    """
+    num_slots = jax.tree.leaves(inputs)[0].shape[0]
     if num_slots % chunk_size:
-        raise ValueError(f"cohort slots {num_slots} not a multiple of chunk_size {chunk_size}")
+        raise ValueError(f"{what} slots {num_slots} not a multiple of chunk_size {chunk_size}")
     chunks = jax.tree.map(
         lambda a: a.reshape((num_slots // chunk_size, chunk_size) + a.shape[1:]), inputs
     )
 
-    def one_client(inp: RoundInputs):
-        return client_contribution(client_update, aggregator, params, agg_state, inp, client_key)
-
     def run_chunk(acc, chunk):
-        contrib, weight, stats, per_client = jax.vmap(one_client)(chunk)
+        contrib, weight, stats, per_slot = jax.vmap(one_slot)(chunk)
         total, total_w, total_stats = acc
         total = jax.tree.map(lambda a, c: a + jnp.sum(c, axis=0), total, contrib)
         total_stats = {k: total_stats[k] + jnp.sum(v, axis=0) for k, v in stats.items()}
-        return (total, total_w + jnp.sum(weight), total_stats), per_client
+        return (total, total_w + jnp.sum(weight), total_stats), per_slot
 
-    # Shapes of the accumulators, from one client's abstract evaluation.
+    # Shapes of the accumulators, from one slot's abstract evaluation.
     first = jax.tree.map(lambda a: a[0, 0], chunks)
-    contrib_shape, _, stats_shape, _ = jax.eval_shape(one_client, first)
+    contrib_shape, _, stats_shape, _ = jax.eval_shape(one_slot, first)
     zeros = lambda s: jnp.zeros(s.shape, s.dtype)
     acc0 = (
         jax.tree.map(zeros, contrib_shape),
         jnp.zeros((), jnp.float32),
         {k: zeros(v) for k, v in stats_shape.items()},
     )
-    sums, per_client = jax.lax.scan(run_chunk, acc0, chunks)
-    per_client = jax.tree.map(lambda a: a.reshape((num_slots,) + a.shape[2:]), per_client)
-    return sums, per_client
+    sums, per_slot = jax.lax.scan(run_chunk, acc0, chunks)
+    per_slot = jax.tree.map(lambda a: a.reshape((num_slots,) + a.shape[2:]), per_slot)
+    return sums, per_slot
 
 
 CLIENTS_AXIS = "clients"
@@ -176,6 +213,8 @@ def make_round(
     chunk_size: int,
     mesh: jax.sharding.Mesh | None = None,
     local_sums: Callable | None = None,
+    canaries: CanarySpec | None = None,
+    edge: EdgeSpec | None = None,
 ) -> Callable[[ServerState, RoundInputs, jax.Array], tuple[ServerState, dict[str, jax.Array]]]:
     """Builds ``round_fn(state, inputs, key) -> (new_state, metrics)`` (not yet jitted).
 
@@ -186,36 +225,71 @@ def make_round(
     its ``clients`` axis (``C`` must be a multiple of ``devices * chunk_size``).
     ``local_sums`` replaces :func:`cohort_sums` (e.g. the factored path of
     :mod:`fedpriv.fl.lowrank`); it takes ``(params, agg_state, inputs, client_key)``.
+
+    ``canaries`` (:class:`~fedpriv.fl.canaries.CanarySpec`): cohort slots with canary ids
+    contribute their canary update instead of local training; they count in ``clients``
+    (they took part in the mechanism) but not in ``train_loss`` or ``local_steps``, and the
+    metric ``canaries`` counts them. Needs the direct path (no ``local_sums``).
+
+    ``edge`` (:class:`~fedpriv.fl.edge.EdgeSpec`): sampled clients that are unavailable this
+    round are dropped before local training (mask and count 0, inside the jitted round;
+    metrics ``sampled``, ``dropped``, ``participated``; ``clients`` counts the survivors),
+    and FedNova's ``tau_eff`` rescales the aggregate. The aggregator's divisor is unchanged.
     """
     if local_sums is None:
 
         def local_sums(params, agg_state, inputs, client_key):
             return cohort_sums(
-                client_update, aggregator, params, agg_state, inputs, client_key, chunk_size
+                client_update,
+                aggregator,
+                params,
+                agg_state,
+                inputs,
+                client_key,
+                chunk_size,
+                canaries,
             )
+
+    elif canaries is not None:
+        raise ValueError("canary clients need the direct path (local_sums=None)")
 
     sums_fn = sharded_cohort_sums(local_sums, mesh)
 
     def round_fn(state: ServerState, inputs: RoundInputs, key: jax.Array):
         client_key, agg_key = jax.random.split(key)
+        edge_metrics = {}
+        if edge is not None and edge.selects:
+            inputs, edge_metrics = edge.select(inputs, state.round, key)
         (total, total_w, stats), per_client = sums_fn(
             state.params, state.agg_state, inputs, client_key
         )
         mean_update, agg_state, agg_metrics = aggregator.finalize(
             total, total_w, stats, state.agg_state, agg_key
         )
+        if edge is not None:
+            mean_update, more = edge.rescale(mean_update, per_client, inputs)
+            edge_metrics = {**edge_metrics, **more}
         pseudo_grad = jax.tree.map(jnp.negative, mean_update)
         updates, opt_state = server_opt.update(pseudo_grad, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         real = inputs.client_mask > 0
         n_real = jnp.sum(real)
         finite = per_client["finite"]
+        trained, n_trained = real, n_real
+        extra = {}
+        if canaries is not None:
+            planted = real & canaries.is_canary(inputs.client_ids)
+            trained = real & ~planted
+            n_trained = jnp.sum(trained)
+            extra["canaries"] = jnp.sum(planted)
         metrics = {
-            "train_loss": jnp.sum(per_client["loss"]) / jnp.maximum(jnp.sum(real & finite), 1),
+            "train_loss": jnp.sum(per_client["loss"]) / jnp.maximum(jnp.sum(trained & finite), 1),
             "clients": n_real,
             "nonfinite_clients": jnp.sum(real & ~finite),
-            "local_steps": jnp.sum(per_client["steps"]) / jnp.maximum(n_real, 1),
+            "local_steps": jnp.sum(per_client["steps"]) / jnp.maximum(n_trained, 1),
             "update_norm": optax.tree.norm(mean_update),
+            **extra,
+            **edge_metrics,
             **agg_metrics,
         }
         return ServerState(params, opt_state, agg_state, state.round + 1), metrics

@@ -7,11 +7,14 @@ FedAdam and Yogi is FedYogi (with ``tau`` as the adaptivity epsilon).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import optax
 
 from fedpriv.errors import ConfigError
 
-ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi")
+ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", "fednova")
 
 
 def server_optimizer(
@@ -25,13 +28,16 @@ def server_optimizer(
     """Returns the optax transformation for the federated algorithm ``name``.
 
     Args:
-        name: one of ``fedavg``, ``fedavgm``, ``fedadam``, ``fedyogi``.
+        name: one of ``fedavg``, ``fedavgm``, ``fedadam``, ``fedyogi``, ``fedprox``,
+            ``fednova`` (the last two: server SGD, as FedAvg).
         lr: server learning rate (1.0 for plain FedAvg).
         momentum: FedAvgM's server momentum.
         beta1, beta2: FedAdam/FedYogi moment decays.
         tau: adaptivity (the optimizer's epsilon), Reddi et al. 2021, Algorithm 2.
     """
-    if name == "fedavg":
+    if name in ("fedavg", "fedprox", "fednova"):
+        # FedProx and FedNova change local training and the aggregate
+        # (fedpriv.fl.client, fedpriv.fl.edge); their server step is FedAvg's.
         return optax.sgd(lr)
     if name == "fedavgm":
         return optax.sgd(lr, momentum=momentum)
@@ -41,4 +47,16 @@ def server_optimizer(
         return optax.yogi(lr, b1=beta1, b2=beta2, eps=tau)
     raise ConfigError(
         "algorithm.name", f"unknown algorithm {name!r}; choose from {list(ALGORITHMS)}"
+    )
+
+
+def server_optimizer_from_config(alg: Mapping[str, Any]) -> optax.GradientTransformation:
+    """:func:`server_optimizer` for an ``algorithm`` config group (plain dict)."""
+    return server_optimizer(
+        alg["name"],
+        float(alg["server_lr"]),
+        float(alg.get("server_momentum") or 0.9),
+        float(alg.get("beta1") or 0.9),
+        float(alg.get("beta2") or 0.99),
+        float(alg.get("tau") or 1e-3),
     )

@@ -78,7 +78,8 @@ def dp_fedavg(
 
     ``mean = (sum_i clip(update_i, C) + N(0, (z_delta * C)^2 I)) / m`` where ``m`` is the
     expected cohort size (a constant: with Poisson sampling never the realised count) and
-    ``z_delta = z`` without adaptive clipping.
+    ``z_delta = z`` without adaptive clipping. The round's metrics report ``m`` as
+    ``denominator``.
 
     With ``adaptive``, each client also reports ``b_i - 1/2`` with ``b_i = [||update_i|| <= C]``;
     the server noises their sum with ``sigma_b``, estimates the unclipped fraction
@@ -138,6 +139,9 @@ def dp_fedavg(
         metrics = {
             "clip_norm": c,
             "noise_std": z_update * c,
+            # What the noised sum was divided by, so an audit can check it from the run's
+            # files: the expected cohort, never the realised count (total_weight).
+            "denominator": jnp.asarray(expected_cohort, jnp.float32),
             "clipped_fraction": stats["clipped"] / n,
             "mean_update_norm_preclip": stats["norm"] / n,
         }

@@ -37,7 +37,9 @@ class PrivacyPlan:
 
     Attributes:
         name: ``none``, ``user_dp``, ``user_dp_adaptive`` or ``example_dp``.
-        unit: ``user``, ``example`` or None (no DP).
+        unit: ``user``, ``example``, ``gateway`` (hierarchical aggregation with
+            gateway-level DP, :mod:`fedpriv.fl.hierarchy`: population, rate and expected
+            cohort count gateways) or None (no DP).
         sampling: ``fixed`` or ``poisson``: the client sampling that runs.
         sampling_rate: Poisson rate q, or cohort / population for fixed cohorts.
         population: number of clients N.
@@ -100,7 +102,7 @@ class PrivacyPlan:
             else:
                 inner = dataclasses.replace(self, secagg=None).aggregator(weighting)
             return secure_aggregator(inner, self.secagg, key, params)
-        if self.unit == "user":
+        if self.unit in ("user", "gateway"):
             return dp_fedavg(
                 self.clip_norm,
                 self.noise_multiplier,
@@ -117,15 +119,29 @@ class PrivacyPlan:
         epochs: int,
         batch_size: int,
         n_cap: int,
+        **local: Any,
     ) -> Callable:
         """The client update: local SGD, or DP-SGD for example-level privacy; with secure
-        aggregation it also carries the client's secure-aggregation key."""
+        aggregation it also carries the client's secure-aggregation key. ``local``: options
+        of :func:`~fedpriv.fl.client.make_client_update` (FedProx, heterogeneous compute,
+        FedNova; see :func:`fedpriv.fl.edge.local_options`), not available with DP-SGD.
+
+        Raises:
+            ConfigError: ``local`` options with example-level DP.
+        """
         if self.secagg is not None:
             from fedpriv.privacy.secagg.fast import with_client_key
 
             inner = dataclasses.replace(self, secagg=None)
             return with_client_key(
-                inner.client_update(apply_fn, optimizer, epochs, batch_size, n_cap)
+                inner.client_update(apply_fn, optimizer, epochs, batch_size, n_cap, **local)
+            )
+        if self.unit == "example" and local:
+            raise ConfigError(
+                "privacy.name",
+                "example_dp runs a fixed number of DP-SGD steps per client; it does not "
+                f"combine with {sorted(local)} (algorithm=fedprox/fednova, compute=uniform or "
+                "stragglers with drop=false)",
             )
         if self.unit == "example":
             return make_dpsgd_client_update(
@@ -137,19 +153,20 @@ class PrivacyPlan:
                 self.noise_multiplier,
                 n_cap,
             )
-        return make_client_update(apply_fn, optimizer, epochs, batch_size, n_cap)
+        return make_client_update(apply_fn, optimizer, epochs, batch_size, n_cap, **local)
 
     def ledger_record(self, rnd: int, metrics: Mapping[str, Any]) -> dict[str, Any] | None:
         """The DP event of round ``rnd`` as it ran (None without DP).
 
         ``clip_norm`` and ``noise_std`` are read from the round's own metrics (what the
-        mechanism used), ``realised_cohort`` from the clients that took part.
+        mechanism used), ``realised_cohort`` from the clients that took part (for unit
+        ``gateway``, from the gateways that took part: the metric ``gateways``).
         """
         if not self.is_private:
             return None
         if self.name == "distributed_dp":
             return self._distributed_record(rnd, metrics)
-        if self.unit == "user":
+        if self.unit in ("user", "gateway"):
             clip_norm = float(metrics["clip_norm"])
             noise_std = float(metrics["noise_std"])
         else:
@@ -172,8 +189,9 @@ class PrivacyPlan:
             "noise_std": noise_std,
             "steps": self.steps if self.unit == "example" else 1,
             "example_sampling_rate": self.example_sampling_rate,
-            "realised_cohort": int(metrics["clients"]),
+            "realised_cohort": int(metrics["gateways" if self.unit == "gateway" else "clients"]),
             **({"count_noise_std": self.adaptive.count_noise_std} if self.adaptive else {}),
+            **_dropped(metrics),
         }
 
     def _distributed_record(self, rnd: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -193,6 +211,7 @@ class PrivacyPlan:
             "example_sampling_rate": None,
             "realised_cohort": int(metrics["clients"]),
             **noise.record(),
+            **_dropped(metrics),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -201,6 +220,12 @@ class PrivacyPlan:
         d["adaptive"] = self.adaptive._asdict() if self.adaptive else None
         d["secagg"] = None if secagg is None else secagg.describe()
         return d
+
+
+def _dropped(metrics: Mapping[str, Any]) -> dict[str, int]:
+    """``{"dropped": n}`` when the round dropped sampled clients after sampling (availability
+    models, :mod:`fedpriv.fl.edge`); informational, like ``realised_cohort`` (the survivors)."""
+    return {"dropped": int(metrics["dropped"])} if "dropped" in metrics else {}
 
 
 def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -300,12 +325,16 @@ def build_plan(
         **common,
         **extra,
     )
-    return _with_delta_and_calibration(plan, privacy_cfg)
+    # The default delta is below 1/(number of privacy units): clients for user-level DP,
+    # training examples for example-level DP.
+    units = int(np.sum(client_sizes)) if plan.unit == "example" else plan.population
+    return _with_delta_and_calibration(plan, privacy_cfg, units)
 
 
 def resolve_delta(cfg: Mapping[str, Any], population: int) -> float:
     """``privacy.delta``, or the default below 1/population; warns when a given delta is not
-    below 1/population.
+    below 1/population. ``population`` counts units of privacy (clients, or examples for
+    example-level DP).
 
     Raises:
         ConfigError: a delta outside (0, 1).
@@ -322,10 +351,12 @@ def resolve_delta(cfg: Mapping[str, Any], population: int) -> float:
     return delta
 
 
-def _with_delta_and_calibration(plan: PrivacyPlan, cfg: Mapping[str, Any]) -> PrivacyPlan:
+def _with_delta_and_calibration(
+    plan: PrivacyPlan, cfg: Mapping[str, Any], units: int
+) -> PrivacyPlan:
     from fedpriv import accounting
 
-    delta = resolve_delta(cfg, plan.population)
+    delta = resolve_delta(cfg, units)
     target = cfg.get("target_epsilon")
     if target is None:
         return _resolve_count_noise(dataclasses.replace(plan, delta=delta))
