@@ -13,6 +13,7 @@ import logging
 import sys
 
 import hydra
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedpriv.config import validate
@@ -26,10 +27,17 @@ def _train(cfg: DictConfig) -> float | None:
     from fedpriv.fl import loop
 
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-    run_dir = HydraConfig.get().runtime.output_dir
+    hydra_cfg = HydraConfig.get()
+    run_dir = hydra_cfg.runtime.output_dir
     plain = OmegaConf.to_container(cfg, resolve=True)
     try:
         validate(plain)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            finished = sweep_job(plain, run_dir)
+            if finished is not None:
+                print(f"fedpriv: {run_dir} already finished; skipped", flush=True)
+                print(final_line(finished, run_dir), flush=True)
+                return finished["final"].get("test_accuracy")
         summary = loop.run(plain, run_dir, progress=bool(plain.get("progress", True)))
     except ConfigError as err:
         fail(str(err))
@@ -37,14 +45,84 @@ def _train(cfg: DictConfig) -> float | None:
         # 128 + signal number, as a shell reports a process killed by that signal, so a
         # scheduler sees the run did not finish; the checkpoint makes it resumable.
         print(
-            f"fedpriv: {err}; continue with resume=true hydra.run.dir={run_dir}",
+            f"fedpriv: {err}; "
+            + (
+                "run the same command again to continue the sweep"
+                if hydra_cfg.mode == RunMode.MULTIRUN
+                else f"continue with resume=true hydra.run.dir={run_dir}"
+            ),
             file=sys.stderr,
             flush=True,
         )
         raise SystemExit(128 + err.signum) from None
+    except Exception as err:
+        record_failure(run_dir, err)
+        raise
     acc = summary["final"].get("test_accuracy")
     print(final_line(summary, run_dir), flush=True)
     return acc
+
+
+def sweep_job(cfg: dict, run_dir: str) -> dict | None:
+    """Makes a rerun sweep pick up where it stopped.
+
+    A job of a ``-m`` sweep whose directory already holds a run (the same command run again
+    with the same ``hydra.sweep.dir``) is not started over: a finished run with the same
+    configuration is skipped (its summary is returned); an unfinished one continues from its
+    newest checkpoint (``cfg["resume"]`` is set to true). Returns None when the job must run.
+
+    Raises:
+        ConfigError: the directory holds a run made with a different configuration.
+    """
+    import json
+    from pathlib import Path
+
+    from fedpriv import validation
+    from fedpriv.cli._hydra import RUN_FILES
+
+    path = Path(run_dir)
+    if not any((path / f).exists() for f in RUN_FILES):
+        return None
+    validation.check_resume(path, cfg)
+    summary_file = path / "summary.json"
+    if summary_file.is_file():
+        try:
+            summary = json.loads(summary_file.read_text())
+        except ValueError:
+            summary = None
+        if (
+            isinstance(summary, dict)
+            and summary.get("planned_rounds") == cfg["rounds"]
+            and "final" in summary
+        ):
+            return summary
+    cfg["resume"] = True
+    (path / FAILURE_FILE).unlink(missing_ok=True)  # this attempt's outcome replaces it
+    return None
+
+
+FAILURE_FILE = "failed.json"
+
+
+def record_failure(run_dir: str, err: BaseException) -> None:
+    """Writes ``failed.json`` (error type, message, rounds logged) into the run directory, so
+    that reports show why a job of a sweep died even when its stderr is lost (cluster jobs).
+    The exception itself is left to propagate."""
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir)
+    try:
+        with open(path / "metrics.jsonl", encoding="utf-8") as f:
+            rounds = sum(1 for line in f if line.strip())
+    except OSError:
+        rounds = 0
+    record = {"error": type(err).__name__, "message": str(err)[:2000], "rounds_logged": rounds}
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / FAILURE_FILE).write_text(json.dumps(record) + "\n", encoding="utf-8")
+    except OSError:
+        pass  # the directory itself is the problem; the traceback still says what happened
 
 
 def final_line(summary: dict, run_dir: str) -> str:
