@@ -1,0 +1,588 @@
+"""Writes the figure notebooks of this folder from the cell sources below.
+
+    python notebooks/generate.py          # rewrite every notebook
+    python notebooks/generate.py --check  # exit 1 if a notebook differs from its source here
+
+Each notebook reads the runs of one figure from ``FEDPRIV_RUNS`` and writes its PNG to
+``FEDPRIV_FIGURE`` (defaults: the full-size runs under ``experiments/runs/`` and the committed
+figure under ``experiments/figures/``); ``python experiments/figures.py NAME`` sets both. The
+notebooks only read files and draw: every number comes from :mod:`fedpriv.report.curves`
+and the accountants. They are stored without outputs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+
+SETUP = """\
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+"""
+
+ACCOUNTING = [
+    (
+        "markdown",
+        """\
+# DP-SGD: epsilon against epochs (Abadi et al. 2016, Figure 2)
+
+Poisson sampling rate q = 0.01, noise multiplier sigma = 4, delta = 1e-5; one epoch is
+1/q = 100 steps. Four analyses of the same mechanism:
+
+- **strong composition**: the Gaussian mechanism's exact (epsilon, delta) profile (Balle and
+  Wang 2018), amplified by Poisson subsampling (Li et al. 2012; Balle et al. 2018), composed
+  with the advanced composition theorem of Dwork, Rothblum and Vadhan 2010 (Theorem III.3);
+  delta is split between the steps and the theorem's slack so as to minimise epsilon;
+- **moments accountant**: Abadi et al.'s log moments at integer orders with their tail bound
+  (Theorem 2);
+- **RDP** and **PLD**: dp_accounting's accountants (the ones fedpriv's runs use).
+
+The paper reports epsilon = 1.26 (moments accountant) and 9.34 (strong composition) at
+10,000 steps (100 epochs). Produced by `python experiments/figures.py accounting`.""",
+    ),
+    (
+        "code",
+        "import json\n"
+        + SETUP
+        + """
+from fedpriv.report.curves import epsilon_at, read_records, series
+
+RUNS = Path(os.environ.get("FEDPRIV_RUNS", "experiments/runs/accounting"))
+FIGURE = Path(os.environ.get("FEDPRIV_FIGURE", "experiments/figures/dpsgd_accounting.png"))
+records = read_records(RUNS / "epsilon_vs_epochs.jsonl")
+summary = json.loads((RUNS / "summary.json").read_text())
+setting = summary["setting"]
+lines = series(records, "epochs", "epsilon", by=["accountant"])""",
+    ),
+    (
+        "code",
+        """\
+steps = summary["reference_steps"]
+published = summary["published"]
+print(f"epsilon at {steps} steps ({steps * setting['sampling_rate']:g} epochs):")
+print("| analysis | ours | Abadi et al. 2016 |")
+print("|---|---|---|")
+for name in ("strong_composition", "moments_accountant", "rdp", "pld"):
+    ours = epsilon_at(records, name, steps)
+    print(f"| {name} | {ours:.3f} | {published.get(name, '-')} |")""",
+    ),
+    (
+        "code",
+        """\
+labels = {
+    "strong_composition": "strong composition (DRV 2010)",
+    "moments_accountant": "moments accountant (Abadi et al.)",
+    "rdp": "RDP (dp_accounting)",
+    "pld": "PLD (dp_accounting)",
+}
+fig, ax = plt.subplots(figsize=(6.5, 4.4))
+for (name,), (xs, ys) in lines.items():
+    ax.plot(xs, ys, marker="o", markersize=3, label=labels.get(name, name))
+epochs_ref = steps * setting["sampling_rate"]
+for name, value in published.items():
+    ax.plot([epochs_ref], [value], marker="*", markersize=12, color="black", linestyle="none")
+    ax.annotate(
+        f"paper: {value}",
+        (epochs_ref, value),
+        textcoords="offset points",
+        xytext=(6, -12 if name == "moments_accountant" else 4),
+        fontsize=8,
+    )
+ax.set_yscale("log")
+ax.set_xlabel("epochs (1 epoch = 1/q steps)")
+ax.set_ylabel("epsilon (log scale)")
+ax.set_title(
+    f"DP-SGD, q = {setting['sampling_rate']:g}, sigma = {setting['noise_multiplier']:g}, "
+    f"delta = {setting['delta']:g}"
+)
+ax.grid(True, which="both", alpha=0.3)
+ax.legend(fontsize=8)
+fig.tight_layout()
+FIGURE.parent.mkdir(parents=True, exist_ok=True)
+fig.savefig(FIGURE, dpi=130)
+print(f"wrote {FIGURE}")""",
+    ),
+]
+
+FEDAVG = [
+    (
+        "markdown",
+        """\
+# FedAvg against FedSGD (McMahan et al. 2017, Table 2 and Figure 2)
+
+Test accuracy per round of FedAvg with E local epochs of mini-batch SGD (batch B) against
+FedSGD (E = 1, B = inf: one full-batch gradient step per client and round), 100 clients,
+C = 0.1 (10 clients per round), IID and pathological non-IID (2 shards of one label per
+client) partitions. Each line is the best learning rate of the setting's grid; the table
+gives the rounds until the test accuracy first reaches the target and the speed-up over
+FedSGD. Produced by `python experiments/figures.py fedavg`.""",
+    ),
+    (
+        "code",
+        "import json\n"
+        + SETUP
+        + """
+from fedpriv.report import read_runs
+from fedpriv.report.curves import fedavg_table, format_rounds
+
+RUNS = Path(os.environ.get("FEDPRIV_RUNS", "experiments/runs/fedavg"))
+FIGURE = Path(os.environ.get("FEDPRIV_FIGURE", "experiments/figures/fedavg_vs_fedsgd_digits.png"))
+record = json.loads((RUNS / "figure.json").read_text())
+runs = read_runs([RUNS])
+rows = fedavg_table(runs, record["targets"])
+dataset = record["dataset"]
+models = [m for m in ("mlp", "cnn") if any(r["model"] == m for r in rows)]
+partitions = [p for p in ("IID", "non-IID") if any(r["partition"] == p for r in rows)]
+MODEL_NAMES = {"mlp": "2NN", "cnn": "CNN"}""",
+    ),
+    (
+        "code",
+        """\
+print(f"Rounds to the target accuracy ({dataset}); speed-up over FedSGD in parentheses")
+print("| model | E | B | u | " + " | ".join(f"{p} lr | {p} rounds" for p in partitions) + " |")
+print("|---|---|---|---|" + "---|---|" * len(partitions))
+for model in models:
+    settings = []
+    for r in rows:
+        if r["model"] == model and (r["E"], r["B"]) not in settings:
+            settings.append((r["E"], r["B"]))
+    for e, b in settings:
+        cells = []
+        for p in partitions:
+            match = [
+                r
+                for r in rows
+                if r["model"] == model and r["partition"] == p and (r["E"], r["B"]) == (e, b)
+            ]
+            cells += [str(match[0]["lr"]), format_rounds(match[0])] if match else ["-", "-"]
+        u = next(r["u"] for r in rows if r["model"] == model and (r["E"], r["B"]) == (e, b))
+        target = record["targets"][model]
+        print(
+            f"| {MODEL_NAMES.get(model, model)} ({target:.0%}) | {e} | {b} | {u} | "
+            + " | ".join(cells)
+            + " |"
+        )""",
+    ),
+    (
+        "code",
+        """\
+fig, axes = plt.subplots(
+    len(models),
+    len(partitions),
+    figsize=(5.2 * len(partitions), 3.9 * len(models)),
+    squeeze=False,
+)
+source = "digits (8x8, scikit-learn), not MNIST" if dataset == "digits" else dataset.upper()
+# One colour per setting across all panels; FedSGD in black.
+palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+labels = [r["setting"] for r in sorted(rows, key=lambda r: r["u"]) if r["setting"] != "FedSGD"]
+colour = {s: palette[i % len(palette)] for i, s in enumerate(dict.fromkeys(labels))}
+colour["FedSGD"] = "black"
+for i, model in enumerate(models):
+    target = record["targets"][model]
+    for j, part in enumerate(partitions):
+        ax = axes[i][j]
+        for r in rows:
+            if r["model"] != model or r["partition"] != part:
+                continue
+            xs, ys = zip(*r["curve"])
+            style = {"alpha": 0.85, "linewidth": 1.1, "color": colour[r["setting"]]}
+            if r["setting"] == "FedSGD":
+                style.update(linewidth=1.6)
+            ax.plot(xs, ys, label=f"{r['setting']} (u={r['u']:g}): {format_rounds(r)}", **style)
+        ax.axhline(target, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_ylim(max(0.0, target - 0.35), 1.0)
+        ax.set_title(f"{MODEL_NAMES.get(model, model)}, {part}", fontsize=10)
+        ax.set_xlabel("communication round")
+        ax.set_ylabel("test accuracy")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, title=f"rounds to {target:.0%}", title_fontsize=7, loc="lower right")
+fig.suptitle(f"FedAvg vs FedSGD, 100 clients, C = 0.1, on {source}", fontsize=11)
+fig.tight_layout()
+FIGURE.parent.mkdir(parents=True, exist_ok=True)
+fig.savefig(FIGURE, dpi=130)
+print(f"wrote {FIGURE}")""",
+    ),
+]
+
+SECAGG = [
+    (
+        "markdown",
+        """\
+# Secure aggregation cost (Bonawitz et al. 2017, Figures 7-8)
+
+fedpriv's implementation of the protocol (X25519, HKDF-SHA256, AES-CTR masks, AES-GCM
+Shamir shares, dropout recovery), all clients simulated in one process on the CPU: mean
+computation time and bytes sent per client, and the server's time, against the number of
+clients and the vector length, with no dropout and with 30% of the clients dropping after
+sharing their keys (the server then reconstructs their masks). Produced by
+`python experiments/figures.py secagg`.""",
+    ),
+    (
+        "code",
+        SETUP
+        + """
+from fedpriv.report.curves import linear_fit, read_records, series
+
+RUNS = Path(os.environ.get("FEDPRIV_RUNS", "experiments/runs/secagg"))
+FIGURE = Path(os.environ.get("FEDPRIV_FIGURE", "experiments/figures/secagg_cost.png"))
+records = read_records(RUNS / "secagg_cost.jsonl")
+dims = sorted({r["dim"] for r in records})
+clients = sorted({r["clients"] for r in records})
+dropouts = sorted({r["dropout"] for r in records})
+bits = records[0]["bits"]""",
+    ),
+    (
+        "code",
+        """\
+print("| clients | dim | dropout | client s | server s | client KB | server MB | expansion |")
+print("|---|---|---|---|---|---|---|---|")
+for r in sorted(records, key=lambda r: (r["clients"], r["dim"], r["dropout"])):
+    plain_kb = r["dim"] * bits / 8 / 1024
+    print(
+        f"| {r['clients']} | {r['dim']} | {r['dropout']:.0%} | {r['client_s']:.4f} | "
+        f"{r['server_s']:.4f} | {r['client_kb']:.1f} | {r['server_mb']:.2f} | "
+        f"{r['client_kb'] / plain_kb:.2f}x |"
+    )
+for n in clients:
+    xs, ys = series(records, "dim", "client_kb", where={"clients": n, "dropout": 0.0})[()]
+    slope, _, r2 = linear_fit(xs, ys)
+    print(
+        f"{n} clients: client KB = {slope * 1024:.3f} bytes per coordinate x dim + const "
+        f"(R^2 = {r2:.6f}; {bits} bits are {bits / 8:g} bytes)"
+    )""",
+    ),
+    (
+        "code",
+        """\
+fig, axes = plt.subplots(2, 2, figsize=(10, 7.4))
+styles = {d: ("-" if d == 0 else "--") for d in dropouts}
+panels = [
+    (axes[0][0], "clients", "client_s", "dim", "client time (s, mean per client)"),
+    (axes[0][1], "clients", "server_s", "dim", "server time (s)"),
+    (axes[1][0], "dim", "client_kb", "clients", "client bytes sent (KB)"),
+    (axes[1][1], "dim", "server_s", "clients", "server time (s)"),
+]
+colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+for ax, x, y, by, ylabel in panels:
+    keys = dims if by == "dim" else clients
+    for k, key in enumerate(keys):
+        for d in dropouts:
+            line = series(records, x, y, where={by: key, "dropout": d}).get(())
+            if not line:
+                continue
+            name = f"d = {key:,}" if by == "dim" else f"n = {key}"
+            ax.plot(
+                *line,
+                marker="o",
+                markersize=3,
+                color=colours[k % len(colours)],
+                linestyle=styles[d],
+                label=name if d == dropouts[0] else None,
+            )
+    ax.set_xlabel("clients" if x == "clients" else "vector length (coordinates)")
+    if y != "client_kb":  # bytes: linear axes, where linear growth is a straight line
+        ax.set_yscale("log")
+        if x == "dim":
+            ax.set_xscale("log")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+fig.suptitle(
+    f"Secure aggregation (Bonawitz et al. 2017), {bits}-bit inputs, one CPU process "
+    "(solid: no dropout, dashed: 30% dropout)",
+    fontsize=10,
+)
+fig.tight_layout()
+FIGURE.parent.mkdir(parents=True, exist_ok=True)
+fig.savefig(FIGURE, dpi=130)
+print(f"wrote {FIGURE}")""",
+    ),
+]
+
+DP_COHORTS = [
+    (
+        "markdown",
+        """\
+# DP-FedAvg: accuracy against epsilon for several cohort sizes (McMahan et al. 2018)
+
+User-level DP-FedAvg on the 1,000 digits clients (2NN), Poisson sampling at rate q (expected
+cohort qN), noise calibrated to each target epsilon over 100 rounds (RDP, delta 1e-4), mean
+and standard deviation over seeds. McMahan et al. (2018, Figure 3) and Geyer et al. (2017)
+find that at a fixed population larger cohorts buy accuracy at equal epsilon: the noise on
+the averaged update is z C / (qN), and the z needed for a budget grows more slowly than q
+once q is small. Produced by `python experiments/figures.py dp_cohorts` (a sweep of
+`fedpriv-train -m experiment=paper_dp_cohorts`; `fedpriv-report` reads the same runs).""",
+    ),
+    (
+        "code",
+        SETUP
+        + """
+from fedpriv.report import group_runs, read_runs, swept_keys, table_rows
+from fedpriv.report.tables import to_markdown
+
+RUNS = Path(os.environ.get("FEDPRIV_RUNS", "experiments/runs/dp_cohorts"))
+FIGURE = Path(os.environ.get("FEDPRIV_FIGURE", "experiments/figures/dp_cohorts.png"))
+runs = read_runs([RUNS / "sweep"])
+keys = swept_keys(runs)
+groups = group_runs(runs, keys)
+print(to_markdown(table_rows(groups), keys))""",
+    ),
+    (
+        "code",
+        """\
+population = next(r.summary["population"] for r in runs if r.summary)
+by_rate = {}
+for g in groups:
+    eps, _ = g.stat("epsilon")
+    acc, acc_sd = g.stat("accuracy")
+    if eps is not None and acc is not None:
+        by_rate.setdefault(float(g.setting["sampling.rate"]), []).append((eps, acc, acc_sd))
+fig, ax = plt.subplots(figsize=(6.5, 4.2))
+for rate, pts in sorted(by_rate.items()):
+    pts.sort()
+    ax.errorbar(
+        [p[0] for p in pts],
+        [p[1] for p in pts],
+        yerr=[p[2] for p in pts],
+        marker="o",
+        capsize=3,
+        label=f"q = {rate:g} (expected cohort {rate * population:.0f})",
+    )
+ax.set_xscale("log")
+eps_ticks = sorted({round(p[0], 2) for pts in by_rate.values() for p in pts})
+ax.set_xticks(eps_ticks)
+ax.set_xticklabels([f"{e:.3g}" for e in eps_ticks])
+ax.minorticks_off()
+ax.set_xlabel("epsilon spent (log scale)")
+ax.set_ylabel("test accuracy (mean ± std over seeds)")
+ax.set_title(f"DP-FedAvg on digits, {population} clients: larger cohorts at equal epsilon")
+ax.grid(True, alpha=0.3)
+ax.legend(fontsize=8)
+fig.tight_layout()
+FIGURE.parent.mkdir(parents=True, exist_ok=True)
+fig.savefig(FIGURE, dpi=130)
+print(f"wrote {FIGURE}")""",
+    ),
+]
+
+EMPIRICAL = [
+    (
+        "markdown",
+        """\
+# Empirical against analytical epsilon (Andrew et al. 2023)
+
+DP-FedAvg on 500 digits clients (2NN, Poisson q = 0.2, 20 rounds, delta 1e-4) with canary
+clients in the population, at several noise multipliers. For each run: the analytical epsilon
+of its ledger (RDP and PLD), Andrew et al.'s one-shot estimate from the cosines of the final
+model delta with inserted and unseen canaries, and a membership-inference lower bound with
+Clopper-Pearson confidence (Jagielski et al. 2020). The paper's finding: when only the final
+model is released, the empirical estimate lies well below the analytical bound (which assumes
+every round's aggregate is seen), and both fall as noise grows. A lower bound above the
+analytical epsilon would mean the accounting is wrong. Produced by
+`python experiments/figures.py empirical`.""",
+    ),
+    (
+        "code",
+        SETUP
+        + """
+from fedpriv.audit import empirical_audit
+from fedpriv.report import read_runs
+
+RUNS = Path(os.environ.get("FEDPRIV_RUNS", "experiments/runs/empirical"))
+FIGURE = Path(os.environ.get("FEDPRIV_FIGURE", "experiments/figures/empirical_privacy.png"))
+rows = []
+for run in read_runs([RUNS / "sweep"]):
+    if run.status != "finished":
+        print(f"skipped ({run.status}): {run.path}")
+        continue
+    found = empirical_audit(run.path, run.summary["delta"])
+    rows.append(
+        {
+            "z": float(run.value("privacy.noise_multiplier")),
+            "rdp": run.summary["epsilon"]["rdp"],
+            "pld": run.summary["epsilon"]["pld"],
+            "estimate": found["epsilon_estimate"],
+            "lower": found["epsilon_lower_bound"],
+            "canaries": found["num_inserted"],
+        }
+    )
+rows.sort(key=lambda r: r["z"])
+print("| z | epsilon (RDP) | epsilon (PLD) | empirical estimate | lower bound (95%) |")
+print("|---|---|---|---|---|")
+for r in rows:
+    cells = [f"{r['z']:g}", *(f"{r[k]:.2f}" for k in ("rdp", "pld", "estimate", "lower"))]
+    print("| " + " | ".join(cells) + " |")""",
+    ),
+    (
+        "code",
+        """\
+z = [r["z"] for r in rows]
+fig, ax = plt.subplots(figsize=(6.5, 4.2))
+ax.plot(z, [r["rdp"] for r in rows], "-o", label="analytical (RDP)")
+ax.plot(z, [r["pld"] for r in rows], "--o", label="analytical (PLD)")
+ax.plot(z, [r["estimate"] for r in rows], "-s", label="empirical estimate (final model)")
+ax.plot(z, [r["lower"] for r in rows], ":v", label="empirical lower bound, 95%")
+ax.set_xscale("log")
+ax.set_yscale("symlog", linthresh=0.1)
+ax.set_ylim(bottom=0)
+ax.set_xticks(z)
+ax.set_xticklabels([f"{v:g}" for v in z])
+ax.minorticks_off()
+ax.set_xlabel("noise multiplier z")
+ax.set_ylabel("epsilon at the run's delta (symlog)")
+ax.set_title(f"Canary audit, {rows[0]['canaries']} canaries per run")
+ax.grid(True, alpha=0.3)
+ax.legend(fontsize=8)
+fig.tight_layout()
+FIGURE.parent.mkdir(parents=True, exist_ok=True)
+fig.savefig(FIGURE, dpi=130)
+print(f"wrote {FIGURE}")""",
+    ),
+]
+
+FEDPROX = [
+    (
+        "markdown",
+        """\
+# FedAvg against FedProx with stragglers (Li et al. 2020, Figure 1)
+
+Multinomial logistic regression on Synthetic(alpha, beta) with alpha = beta in {0, 0.5, 1}
+(30 devices, 10 per round, E = 20 epochs of SGD with batch 10 and learning rate 0.01), with
+0%, 50% and 90% of the sampled devices stragglers that finish only a random part of their
+local work. FedAvg drops the stragglers; FedProx aggregates their partial work, with mu = 0
+and mu = 1. The curves are the global model's training loss on all devices' data, the
+objective the paper plots. The paper's claims: with many stragglers FedAvg is unstable or
+slow on the heterogeneous sets, keeping partial work helps, and the proximal term (mu > 0)
+stabilises training further. Without stragglers FedAvg and FedProx with mu = 0 are the same
+algorithm: their curves coincide (bit for bit). Produced by
+`python experiments/figures.py fedprox` (sweeps of
+`fedpriv-train -m experiment=paper_fedprox_synthetic`).""",
+    ),
+    (
+        "code",
+        SETUP
+        + """
+from fedpriv.report import read_runs
+from fedpriv.report.curves import read_records, series
+
+RUNS = Path(os.environ.get("FEDPRIV_RUNS", "experiments/runs/fedprox"))
+FIGURE = Path(os.environ.get("FEDPRIV_FIGURE", "experiments/figures/fedprox_synthetic.png"))
+LABELS = {
+    "fedavg": "FedAvg (stragglers dropped)",
+    "fedprox_mu0": "FedProx, mu = 0 (partial work kept)",
+    "fedprox_mu1": "FedProx, mu = 1",
+}
+curves = {}
+for run in read_runs([RUNS]):
+    if run.status != "finished":
+        print(f"skipped ({run.status}): {run.path}")
+        continue
+    method = run.path.parent.name
+    key = (float(run.value("compute.fraction")), float(run.value("heterogeneity")), method)
+    xs, ys = series(read_records(run.path / "metrics.jsonl"), "round", "global_train_loss")[()]
+    curves[key] = (xs, ys)
+stragglers = sorted({k[0] for k in curves})
+sets = sorted({k[1] for k in curves})
+methods = [m for m in LABELS if any(k[2] == m for k in curves)]""",
+    ),
+    (
+        "code",
+        """\
+last = 10
+print(f"Global training loss, mean of the last {last} rounds (max over the second half)")
+print("| stragglers | Synthetic | " + " | ".join(LABELS[m] for m in methods) + " |")
+print("|---|---|" + "---|" * len(methods))
+for s in stragglers:
+    for h in sets:
+        cells = []
+        for m in methods:
+            if (s, h, m) not in curves:
+                cells.append("-")
+                continue
+            ys = curves[(s, h, m)][1]
+            cells.append(f"{sum(ys[-last:]) / len(ys[-last:]):.3f} ({max(ys[len(ys) // 2:]):.3f})")
+        print(f"| {s:.0%} | ({h:g},{h:g}) | " + " | ".join(cells) + " |")""",
+    ),
+    (
+        "code",
+        """\
+fig, axes = plt.subplots(
+    len(stragglers), len(sets), figsize=(4.2 * len(sets), 3.2 * len(stragglers)), squeeze=False
+)
+colours = {"fedavg": "tab:blue", "fedprox_mu0": "tab:orange", "fedprox_mu1": "tab:green"}
+top = min(6.0, 1.05 * max(max(ys) for _, ys in curves.values()))
+for i, s in enumerate(stragglers):
+    for j, h in enumerate(sets):
+        ax = axes[i][j]
+        for m in methods:
+            if (s, h, m) in curves:
+                ax.plot(*curves[(s, h, m)], label=LABELS[m], color=colours[m], linewidth=1.1)
+        ax.set_title(f"Synthetic({h:g},{h:g}), {s:.0%} stragglers", fontsize=9)
+        ax.set_xlabel("communication round")
+        ax.set_ylabel("training loss")
+        ax.set_ylim(0, top)
+        ax.grid(True, alpha=0.3)
+axes[0][0].legend(fontsize=7)
+fig.suptitle("FedAvg vs FedProx under systems heterogeneity (Li et al. 2020, Fig. 1)", fontsize=11)
+fig.tight_layout()
+FIGURE.parent.mkdir(parents=True, exist_ok=True)
+fig.savefig(FIGURE, dpi=130)
+print(f"wrote {FIGURE}")""",
+    ),
+]
+
+NOTEBOOKS = {
+    "dpsgd_accounting.ipynb": ACCOUNTING,
+    "fedavg_vs_fedsgd.ipynb": FEDAVG,
+    "secagg_cost.ipynb": SECAGG,
+    "dp_cohorts.ipynb": DP_COHORTS,
+    "empirical_privacy.ipynb": EMPIRICAL,
+    "fedprox_synthetic.ipynb": FEDPROX,
+}
+
+
+def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    """A notebook (nbformat 4, Python 3 kernel, no outputs) of ``(kind, source)`` cells."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    for i, (kind, source) in enumerate(cells):
+        make = nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_code_cell
+        cell = make(source)
+        cell["id"] = f"cell-{i}"
+        nb.cells.append(cell)
+    nbformat.validate(nb)
+    return nb
+
+
+def main(argv: list[str] | None = None) -> int:
+    check = "--check" in (argv if argv is not None else sys.argv[1:])
+    stale = []
+    for name, cells in NOTEBOOKS.items():
+        text = nbformat.writes(build(cells)) + "\n"
+        path = HERE / name
+        if check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            path.write_text(text, encoding="utf-8")
+    if stale:
+        print("out of date (run python notebooks/generate.py): " + ", ".join(stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
