@@ -15,10 +15,11 @@ import pytest
 from tests.conftest import REPO, run_cli
 
 DEBUG = ["experiment=debug", "progress=false"]
-EXAMPLE = ["privacy=user_dp", "privacy.target_epsilon=0.5,1,2,4,8", "seed=0,1,2"]
-#: The README's example sweep at half its rounds, to keep the suite short (the full sweep:
-#: about 2 minutes on two cores, README "Sweeps and reports").
-EXAMPLE_ROUNDS = "rounds=50"
+EXAMPLE = ["privacy=user_dp", "privacy.target_epsilon=0.5,1,2,4,8", "seed=0,1"]
+#: The README's example sweep with two of its three seeds and 30 of its 100 rounds, to keep
+#: the suite short (the full sweep: about 2 minutes on two cores, README "Sweeps and
+#: reports").
+EXAMPLE_ROUNDS = "rounds=30"
 
 
 def _jobs(sweep: Path) -> list[Path]:
@@ -49,7 +50,7 @@ def test_example_sweep_with_joblib_gives_a_rising_privacy_utility_curve(tmp_path
     first_pass = time.time() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = _jobs(sweep)
-    assert len(jobs) == 15
+    assert len(jobs) == 10
     assert all((j / "summary.json").is_file() for j in jobs)
 
     out = tmp_path / "report"
@@ -59,7 +60,7 @@ def test_example_sweep_with_joblib_gives_a_rising_privacy_utility_curve(tmp_path
     assert (out / "privacy_utility.svg").is_file() and (out / "accuracy_vs_round.png").is_file()
     rows = _csv(out / "report.csv")
     assert [float(r["privacy.target_epsilon"]) for r in rows] == [0.5, 1, 2, 4, 8]
-    assert all(r["runs"] == r["finished"] == "3" and r["rounds"] == "50" for r in rows)
+    assert all(r["runs"] == r["finished"] == "2" and r["rounds"] == "30" for r in rows)
     acc = [float(r["accuracy_mean"]) for r in rows]
     eps = [float(r["epsilon_mean"]) for r in rows]
     # Calibration is one-sided: epsilon spent <= target, and close to it.
@@ -74,7 +75,7 @@ def test_example_sweep_with_joblib_gives_a_rising_privacy_utility_curve(tmp_path
     start = time.time()
     again = run_cli("fedpriv.train", *cmd)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("already finished; skipped") == 15
+    assert again.stdout.count("already finished; skipped") == 10
     assert {j: (j / "metrics.jsonl").stat().st_mtime_ns for j in jobs} == before
     assert time.time() - start < first_pass
 
@@ -257,3 +258,28 @@ def test_slurm_launcher_composes_the_requested_job_array(tmp_path):
         assert delayed.function.task_function.__module__ == "fedpriv.cli.train"
     targets = sorted(o for job in jobs for o in job if o.startswith("privacy.target_epsilon="))
     assert targets == ["privacy.target_epsilon=1", "privacy.target_epsilon=4"]
+
+
+def test_optuna_preset_tunes_learning_rates_and_clip_at_a_fixed_epsilon(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        "fedpriv.train",
+        "-m",
+        "hparams_search=dp_optuna",
+        *DEBUG,
+        "privacy=user_dp",
+        "privacy.target_epsilon=2",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = _jobs(sweep)
+    assert len(jobs) == 2
+    tuned = ("algorithm.server_lr", "client.lr", "privacy.clip_norm")
+    for job in jobs:
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["epsilon"]["rdp"] == pytest.approx(2.0, rel=0.01)  # the budget is fixed
+        assert all(f"{k}=" in job.name for k in tuned)
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "best_params" in best and all(k in best for k in tuned)

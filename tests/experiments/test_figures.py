@@ -123,19 +123,18 @@ def test_dp_cohorts_figure_larger_cohorts_buy_accuracy_at_equal_epsilon(tmp_path
     from fedpriv.report import group_runs, swept_keys
 
     found = read_runs([runs / "sweep"])
-    assert len(found) == 8 and all(r.status == "finished" for r in found)
+    assert len(found) == 4 and all(r.status == "finished" for r in found)
     keys = swept_keys(found)
-    assert set(keys) == {"privacy.target_epsilon", "sampling.rate", "seed"}
+    assert set(keys) == {"sampling.rate", "seed"}
     acc = {}
     for g in group_runs(found, keys):
         eps, _ = g.stat("epsilon")
-        target = float(g.setting["privacy.target_epsilon"])
+        target = float(found[0].value("privacy.target_epsilon"))
         assert 0.95 * target <= eps <= target  # calibrated, one-sided
         acc[(target, float(g.setting["sampling.rate"]))] = g.stat("accuracy")[0]
     # McMahan et al. 2018: at a fixed population and equal epsilon, a larger expected cohort
     # gives a more accurate model (mean over seeds).
-    for target in (1.0, 4.0):
-        assert acc[(target, 0.3)] > acc[(target, 0.02)] + 0.02, acc
+    assert acc[(1.0, 0.3)] > acc[(1.0, 0.02)] + 0.02, acc
     assert record["grid"]["rates"] == "0.02,0.3"
 
 
