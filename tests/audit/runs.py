@@ -138,3 +138,23 @@ def poisson_records(rounds: int, q: float = 0.01, z: float = 1.1, population: in
         z, rounds, sampling_rate=q, population=population, clip_norm=1.0, first_round=1
     )
     return [{**ev.to_dict(), "realised_cohort": int(rng.binomial(population, q))} for ev in events]
+
+
+def realised_count_aggregator(real):
+    """DP-FedAvg whose finalize divides by the clients that reported, not the expected cohort
+    (a planted bug), and reports that divisor as its ``denominator``."""
+    import jax
+    import jax.numpy as jnp
+
+    def build(clip_norm, noise_multiplier, expected_cohort, *args, **kwargs):
+        agg = real(clip_norm, noise_multiplier, expected_cohort, *args, **kwargs)
+
+        def finalize(total, total_weight, stats, state, key):
+            mean, new_state, metrics = agg.finalize(total, total_weight, stats, state, key)
+            realised = jnp.maximum(total_weight, 1.0)
+            mean = jax.tree.map(lambda m: m * expected_cohort / realised, mean)
+            return mean, new_state, {**metrics, "denominator": realised}
+
+        return agg._replace(finalize=finalize, client_scale=None)
+
+    return build

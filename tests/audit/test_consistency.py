@@ -6,8 +6,6 @@ import json
 import warnings
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import pytest
 import yaml
 
@@ -100,27 +98,10 @@ def test_gateway_level_fedbuff_and_dropout_runs_are_audited_against_what_ran(
         assert "sampling" in {c.name for c in audit_run(run).failed}
 
 
-def _realised_count_aggregator(real):
-    """DP-FedAvg whose finalize divides by the realised cohort (a planted bug)."""
-
-    def build(clip_norm, noise_multiplier, expected_cohort, *args, **kwargs):
-        agg = real(clip_norm, noise_multiplier, expected_cohort, *args, **kwargs)
-
-        def finalize(total, total_weight, stats, state, key):
-            mean, new_state, metrics = agg.finalize(total, total_weight, stats, state, key)
-            realised = jnp.maximum(total_weight, 1.0)
-            mean = jax.tree.map(lambda m: m * expected_cohort / realised, mean)
-            return mean, new_state, {**metrics, "denominator": realised}
-
-        return agg._replace(finalize=finalize, client_scale=None)
-
-    return build
-
-
 def test_dividing_by_the_realised_cohort_fails_the_denominator_check(tmp_path, monkeypatch):
     from fedpriv.privacy import aggregators, plan
 
-    monkeypatch.setattr(plan, "dp_fedavg", _realised_count_aggregator(aggregators.dp_fedavg))
+    monkeypatch.setattr(plan, "dp_fedavg", runs.realised_count_aggregator(aggregators.dp_fedavg))
     run_dir = runs.train(tmp_path / "bug", "privacy=user_dp", *Z, *POISSON, "rounds=4")
     report = audit_run(run_dir)
     assert report.verdict == "FAIL" and report.exit_status == 1

@@ -236,28 +236,11 @@ def test_poisson_dropout_divides_by_the_expected_cohort_and_passes_the_audit(tmp
     assert checks["denominator"].status == "pass"
 
 
-def _divide_by_survivors(real):
-    """DP-FedAvg whose finalize divides by the clients that reported (a planted bug)."""
-
-    def build(clip_norm, noise_multiplier, expected_cohort, *args, **kwargs):
-        agg = real(clip_norm, noise_multiplier, expected_cohort, *args, **kwargs)
-
-        def finalize(total, total_weight, stats, state, key):
-            mean, new_state, metrics = agg.finalize(total, total_weight, stats, state, key)
-            survivors = jnp.maximum(total_weight, 1.0)
-            mean = jax.tree.map(lambda v: v * expected_cohort / survivors, mean)
-            return mean, new_state, {**metrics, "denominator": survivors}
-
-        return agg._replace(finalize=finalize, client_scale=None)
-
-    return build
-
-
 def test_renormalising_by_survivors_fails_the_denominator_check(tmp_path, monkeypatch):
     from fedpriv.audit import audit_run
     from fedpriv.privacy import aggregators, plan
 
-    monkeypatch.setattr(plan, "dp_fedavg", _divide_by_survivors(aggregators.dp_fedavg))
+    monkeypatch.setattr(plan, "dp_fedavg", runs.realised_count_aggregator(aggregators.dp_fedavg))
     run_dir = runs.train(
         tmp_path / "bug",
         "privacy=user_dp",
