@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,7 +153,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
 
 
 def test_the_console_script_is_installed(tmp_path):
-    script = shutil.which("fedpriv-audit")
+    # pip puts console scripts next to the interpreter; the venv need not be on PATH.
+    beside = Path(sys.executable).parent / "fedpriv-audit"
+    script = str(beside) if beside.exists() else shutil.which("fedpriv-audit")
     assert script is not None
     proc = subprocess.run(
         [script, str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120
