@@ -23,6 +23,7 @@ PRIVACY = ("none", "user_dp", "user_dp_adaptive", "example_dp", "distributed_dp"
 SECAGG_MODES = ("none", "fast", "protocol")
 SECAGG_MASKS = ("verify", "expand")
 NOISE_KINDS = ("skellam", "discrete_gaussian")
+AMPLIFICATIONS = ("none", "sampling")
 ACCOUNTANTS = ("rdp", "pld", "prv", "opacus_rdp")
 
 
@@ -153,6 +154,8 @@ def validate_secagg(cfg: Mapping[str, Any]) -> None:
     privacy = _get(cfg, "privacy.name", "none")
     if privacy == "distributed_dp":
         choice(cfg, "privacy.noise", NOISE_KINDS)
+        if _get(cfg, "privacy.amplification") is not None:
+            choice(cfg, "privacy.amplification", AMPLIFICATIONS)
         if mode == "none":
             raise ConfigError(
                 "secagg.mode",

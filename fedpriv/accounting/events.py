@@ -55,7 +55,9 @@ adds the fields of :class:`fedpriv.privacy.distributed.DistributedNoise`: ``scal
 per model unit), ``local_variance`` (each client's noise variance, or discrete Gaussian
 ``sigma^2``, in integer units), ``noise_clients`` (the fewest clients whose noise is in every
 released sum), ``bits``, ``dimension`` (padded length) and ``l1_sensitivity`` /
-``l2_sensitivity`` (in integer units, rounding included). Such rounds are accounted by
+``l2_sensitivity`` (in integer units, rounding included), and optionally ``amplification``
+(``"none"``, the default, or ``"sampling"``: fixed cohorts accounted with amplification by
+sampling without replacement). Such rounds are accounted by
 :mod:`fedpriv.accounting.distributed` under the ``"rdp"`` accountant only; ``noise_multiplier``
 is then ``sqrt(noise_clients * local_variance) / (scale * clip_norm)``.
 
@@ -100,6 +102,8 @@ UNITS: tuple[str, ...] = ("user", "example", "gateway")
 _USER_LIKE: tuple[str, ...] = ("user", "gateway")
 SAMPLINGS: tuple[str, ...] = ("poisson", "fixed", "full")
 DISTRIBUTED_MECHANISMS: tuple[str, ...] = ("skellam", "discrete_gaussian")
+#: Accounting of the sampling of a distributed-DP round (see the module docstring).
+AMPLIFICATIONS: tuple[str, ...] = ("none", "sampling")
 MECHANISMS: tuple[str, ...] = ("gaussian", *DISTRIBUTED_MECHANISMS)
 #: Fields of distributed-DP rounds only (absent from Gaussian records).
 _DISTRIBUTED_FIELDS: tuple[str, ...] = (
@@ -111,6 +115,8 @@ _DISTRIBUTED_FIELDS: tuple[str, ...] = (
     "l1_sensitivity",
     "l2_sensitivity",
 )
+#: Optional fields of distributed-DP rounds (omitted from the JSON when unset).
+_DISTRIBUTED_OPTIONAL: tuple[str, ...] = ("amplification",)
 
 #: Neighbouring relations, as names used in messages.
 ADD_REMOVE = "add/remove-one"
@@ -134,6 +140,7 @@ _FIELDS: tuple[str, ...] = (
     "dropped",
     "count_noise_std",
     *_DISTRIBUTED_FIELDS,
+    *_DISTRIBUTED_OPTIONAL,
     "replay",
 )
 _REQUIRED: tuple[str, ...] = (
@@ -184,6 +191,8 @@ class RoundEvent:
             docstring).
         scale, local_variance, noise_clients, bits, dimension, l1_sensitivity,
             l2_sensitivity: distributed DP only (see the module docstring).
+        amplification: distributed DP only: ``"sampling"`` to account fixed cohorts with
+            amplification by sampling without replacement; unset means ``"none"``.
         mechanism: ``"gaussian"``, ``"skellam"`` or ``"discrete_gaussian"``.
         format: Ledger format, 1.
         replay: True when the round ran again after a resume because its earlier run came
@@ -214,6 +223,7 @@ class RoundEvent:
     dimension: int | None = None
     l1_sensitivity: float | None = None
     l2_sensitivity: float | None = None
+    amplification: str | None = None
     mechanism: str = "gaussian"
     format: int = LEDGER_FORMAT
     replay: bool = False
@@ -275,7 +285,7 @@ class RoundEvent:
 
     def _check_distributed(self, put: Any) -> None:
         if not self.is_distributed:
-            for name in _DISTRIBUTED_FIELDS:
+            for name in (*_DISTRIBUTED_FIELDS, *_DISTRIBUTED_OPTIONAL):
                 if getattr(self, name) is not None:
                     raise ConfigError(
                         name, f"is only for distributed mechanisms, not {self.mechanism!r}"
@@ -298,6 +308,16 @@ class RoundEvent:
         put("dimension", _checks.integer("dimension", self.dimension, 1))
         put("l1_sensitivity", _checks.positive("l1_sensitivity", self.l1_sensitivity))
         put("l2_sensitivity", _checks.positive("l2_sensitivity", self.l2_sensitivity))
+        if self.amplification is not None:
+            _checks.choice("amplification", self.amplification, AMPLIFICATIONS)
+            if self.amplification == "sampling" and (
+                self.sampling != "fixed" or self.population is None or self.cohort_size is None
+            ):
+                raise ConfigError(
+                    "amplification",
+                    "'sampling' needs fixed cohorts (sampling 'fixed' with population and "
+                    f"cohort_size), got sampling={self.sampling!r}",
+                )
         if self.clip_norm is not None:
             z = math.sqrt(self.noise_clients * self.local_variance) / (self.scale * self.clip_norm)
             if not math.isclose(self.noise_multiplier, z, rel_tol=_RTOL, abs_tol=1e-12):
@@ -413,6 +433,9 @@ class RoundEvent:
         if not self.is_distributed:
             for name in _DISTRIBUTED_FIELDS:
                 del out[name]
+        for name in _DISTRIBUTED_OPTIONAL:
+            if out[name] is None:
+                del out[name]
         if not out["replay"]:
             del out["replay"]
         if out["dropped"] is None:
@@ -436,6 +459,9 @@ class RoundEvent:
                 self.neighboring_relation,
                 z,
                 *(getattr(self, name) for name in _DISTRIBUTED_FIELDS),
+                self.amplification or "none",
+                self.population if self.amplification == "sampling" else None,
+                self.cohort_size if self.amplification == "sampling" else None,
             )
         if self.unit == "example":
             return ("example", z, self.steps, self.example_sampling_rate)

@@ -344,6 +344,13 @@ def check_mechanism(run: RunFiles) -> Check:
             problems.append(f"privacy.noise={noise} but the ledger records {dict(mechanisms)}")
         elif not set(mechanisms) <= set(DISTRIBUTED_MECHANISMS):
             problems.append(f"distributed DP but the ledger records {dict(mechanisms)}")
+        amplified = sum(ev.amplification == "sampling" for ev in run.events)
+        evidence["amplified_records"] = amplified
+        if amplified and run.config_get("privacy.amplification") == "none":
+            problems.append(
+                f"privacy.amplification=none but {amplified} of {n} records are accounted with "
+                "amplification by sampling"
+            )
     elif set(mechanisms) != {"gaussian"}:
         problems.append(f"privacy={configured} adds Gaussian noise; ledger: {dict(mechanisms)}")
     if configured == "user_dp_adaptive" and adaptive != n:

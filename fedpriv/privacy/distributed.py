@@ -30,21 +30,39 @@ from fedpriv.errors import ConfigError
 NOISE_KINDS: tuple[str, ...] = ("skellam", "discrete_gaussian")
 
 #: Largest per-client noise variance each float32 sampler reproduces (checked statistically in
-#: the tests): ``jax.random.poisson`` drifts above a mean of about 1e5 in float32; the
-#: discrete Gaussian's proposals stay exact integers far beyond 2^22.
-MAX_LOCAL_VARIANCE: dict[str, float] = {"skellam": 1e5, "discrete_gaussian": float(2**22)}
+#: the tests). Skellam: ``jax.random.poisson`` drifts above a mean of about 1e5 in float32, so
+#: a larger variance is drawn as the sum of independent Skellam variables of variance at most
+#: :data:`SKELLAM_DRAW_VARIANCE` each (sums of independent Poissons are Poisson: the sum is
+#: exactly ``Sk(0, mu)``), at most ``2^22 / 1e5`` (42) draws; the discrete Gaussian's proposals
+#: stay exact integers up to ``sigma^2 = 2^22``.
+MAX_LOCAL_VARIANCE: dict[str, float] = {"skellam": float(2**22), "discrete_gaussian": float(2**22)}
+#: Largest variance of one Skellam draw (two ``jax.random.poisson`` draws of mean 5e4).
+SKELLAM_DRAW_VARIANCE = 1e5
 
 
-def skellam(key: jax.Array, variance: float | jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def skellam(key: jax.Array, variance: float, shape: tuple[int, ...]) -> jax.Array:
     """Symmetric Skellam noise ``Poisson(mu/2) - Poisson(mu/2)`` with variance ``mu`` (int32).
 
-    Agarwal et al. 2021, Definition 3.1 (``Sk(0, mu)``). Simulation-grade (JAX PRNG).
+    Agarwal et al. 2021, Definition 3.1 (``Sk(0, mu)``). A variance above
+    :data:`SKELLAM_DRAW_VARIANCE` is the sum of ``k = ceil(mu / 1e5)`` independent draws of
+    ``Sk(0, mu / k)``, accumulated in a loop (memory of one draw). Simulation-grade (JAX PRNG).
     """
-    k1, k2 = jax.random.split(key)
-    lam = jnp.asarray(variance, jnp.float32) / 2.0
-    a = jax.random.poisson(k1, lam, shape, dtype=jnp.int32)
-    b = jax.random.poisson(k2, lam, shape, dtype=jnp.int32)
-    return a - b
+    mu = float(variance)
+    draws = max(1, math.ceil(mu / SKELLAM_DRAW_VARIANCE))
+    lam = jnp.float32(mu / draws / 2.0)
+
+    def one(k: jax.Array) -> jax.Array:
+        k1, k2 = jax.random.split(k)
+        a = jax.random.poisson(k1, lam, shape, dtype=jnp.int32)
+        b = jax.random.poisson(k2, lam, shape, dtype=jnp.int32)
+        return a - b
+
+    if draws == 1:
+        return one(key)
+    keys = jax.random.split(key, draws)
+    return jax.lax.fori_loop(
+        0, draws, lambda i, acc: acc + one(keys[i]), jnp.zeros(shape, jnp.int32)
+    )
 
 
 def discrete_gaussian(
@@ -93,6 +111,9 @@ class DistributedNoise:
         noise_clients: n, the fewest clients whose noise is in every released sum.
         dimension: d, the padded dimension of the quantised vector.
         bits: b, the modulus is ``2^b``.
+        amplification: ``"none"`` or ``"sampling"`` (fixed cohorts accounted with
+            amplification by sampling without replacement,
+            :func:`fedpriv.accounting.distributed.subsampled_rdp`).
 
     Privacy:
         Unit: one client. The sum of ``noise_clients`` clients' noise has variance
@@ -110,6 +131,7 @@ class DistributedNoise:
     noise_clients: int
     dimension: int
     bits: int
+    amplification: str = "none"
 
     @property
     def local_variance(self) -> float:
@@ -162,6 +184,7 @@ class DistributedNoise:
             "dimension": int(self.dimension),
             "l1_sensitivity": float(self.l1_sensitivity),
             "l2_sensitivity": float(self.l2_sensitivity),
+            "amplification": self.amplification,
         }
 
 

@@ -182,6 +182,20 @@ def test_sampling_that_ran_differs_from_the_ledger(honest_run, tmp_path):
     assert "'fixed' sampling ran but 3 of 3 ledger records say 'poisson'" in check.detail
 
 
+def test_amplification_the_configuration_turned_off_fails_the_mechanism_check(
+    honest_run, tmp_path
+):
+    run_dir = runs.copy_run(honest_run("distributed"), tmp_path / "r")
+    assert all(r["amplification"] == "sampling" for r in runs.lines(run_dir / "ledger.jsonl"))
+    cfg_path = run_dir / ".hydra" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["privacy"]["amplification"] = "none"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    check = _checks(run_dir)["mechanism"]
+    assert check.status == "fail"
+    assert "privacy.amplification=none but 3 of 3 records" in check.detail
+
+
 def test_constant_realised_cohorts_under_poisson_accounting_fail(tmp_path):
     records = runs.poisson_records(30, q=0.05, population=200)
     for rec in records:

@@ -40,6 +40,8 @@ def test_distributed_dp_end_to_end_writes_its_mechanism_to_the_ledger(tmp_path):
     assert proc.returncode == 0, proc.stderr
     ledger = [json.loads(x) for x in (run_dir / "ledger.jsonl").read_text().splitlines()]
     assert ledger and all(r["mechanism"] == "discrete_gaussian" for r in ledger)
+    # cohorts of 5 of 20 clients: accounted with amplification by sampling (the default)
+    assert all(r["amplification"] == "sampling" for r in ledger)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert list(summary["epsilon"]) == ["rdp"] and summary["epsilon"]["rdp"] <= 4.0 + 1e-9
 
@@ -60,6 +62,11 @@ BAD = [
     (
         ["secagg=fast", "privacy=distributed_dp", "privacy.noise=laplace"],
         "privacy.noise",
+        "choose from",
+    ),
+    (
+        ["secagg=fast", "privacy=distributed_dp", "privacy.amplification=poisson"],
+        "privacy.amplification",
         "choose from",
     ),
     (

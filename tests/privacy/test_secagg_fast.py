@@ -142,7 +142,7 @@ def test_distributed_noise_in_the_sum_has_the_configured_std():
     assert abs(std - 1.0) < 0.06
 
 
-@pytest.mark.parametrize("var", [0.5, 30.0, 5000.0, 1e5])
+@pytest.mark.parametrize("var", [0.5, 30.0, 5000.0, 1e5, 2.5e6])
 def test_skellam_moments(var):
     z = skellam(jax.random.key(0), var, (200_000,)).astype(jnp.float32)
     assert abs(float(z.mean())) < 5 * np.sqrt(var / 200_000)
@@ -185,3 +185,16 @@ def test_hash_uniforms_are_uniform_and_key_dependent():
     assert abs(np.corrcoef(a[:-1], a[1:])[0, 1]) < 0.01  # neighbouring coordinates
     assert abs(np.corrcoef(a, b)[0, 1]) < 0.01  # different keys
     np.testing.assert_array_equal(a, np.asarray(hash_uniform(jax.random.key(1), (200_000,))))
+
+
+def test_noise_beyond_what_the_sampler_draws_faithfully_names_the_scale():
+    from fedpriv.errors import ConfigError
+    from fedpriv.privacy.distributed import MAX_LOCAL_VARIANCE, DistributedNoise
+
+    for kind in ("skellam", "discrete_gaussian"):
+        ok = DistributedNoise(kind, 5.0, 1.0, 4000.0, 100, 1024, 20)
+        ok.check()  # local variance 4e6, below 2^22
+        too_much = DistributedNoise(kind, 5.0, 1.0, 5000.0, 100, 1024, 20)
+        assert too_much.local_variance > MAX_LOCAL_VARIANCE[kind]
+        with pytest.raises(ConfigError, match="secagg.scale"):
+            too_much.check()

@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from fedpriv.accounting.events import AMPLIFICATIONS
 from fedpriv.errors import ConfigError
 from fedpriv.privacy.distributed import NOISE_KINDS, DistributedNoise, max_scale_for_sampler
 from fedpriv.privacy.secagg import graph
@@ -66,7 +67,10 @@ def build_secure_plan(
         cohort, or the Shamir threshold when clients may drop before their masked input), so
         the securely summed noise has standard deviation at least ``z C`` in model units.
         Fixed cohorts only: with Poisson sampling the realised cohort, and so the noise, could
-        fall below what was accounted. Accounted by :mod:`fedpriv.accounting.distributed`.
+        fall below what was accounted. Accounted by :mod:`fedpriv.accounting.distributed`,
+        with amplification by sampling the cohort without replacement unless
+        ``privacy.amplification=none`` (the amplification assumes the cohort is drawn
+        uniformly and kept secret, as central DP's accounting of fixed cohorts does).
     """
     from fedpriv import accounting
     from fedpriv.privacy.plan import PrivacyPlan, resolve_delta
@@ -160,6 +164,14 @@ def build_secure_plan(
             f"{accountant!r} cannot analyse distributed DP; it is supported by rdp only",
         )
     noise_clients = t if (mode == "protocol" and dropout > 0) else m
+    amplification = str(_opt(privacy_cfg, "amplification", "sampling"))
+    if amplification not in AMPLIFICATIONS:
+        raise ConfigError(
+            "privacy.amplification",
+            f"unknown value {amplification!r}; choose from {list(AMPLIFICATIONS)}",
+        )
+    if base.population is None or m >= int(base.population):
+        amplification = "none"  # every client takes part: nothing to amplify
 
     def noise_for(z: float) -> DistributedNoise:
         if explicit_scale is not None:
@@ -169,7 +181,7 @@ def build_secure_plan(
                 auto_scale(bits, m, clip, dim, rotation, z),
                 max_scale_for_sampler(kind, z, clip, noise_clients),
             )
-        return DistributedNoise(kind, z, clip, scale, int(noise_clients), dim, bits)
+        return DistributedNoise(kind, z, clip, scale, int(noise_clients), dim, bits, amplification)
 
     delta = resolve_delta(privacy_cfg, base.population)
     target = privacy_cfg.get("target_epsilon")
