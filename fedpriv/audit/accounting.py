@@ -138,6 +138,9 @@ def _parameters(ev: RoundEvent) -> tuple[Any, ...]:
             ev.dimension,
             ev.scale,
             ev.bits,
+            ev.amplification or "none",
+            ev.population,
+            ev.cohort_size,
         )
     if ev.unit == "example":
         return ("example", z, ev.example_sampling_rate, ev.steps)
@@ -203,6 +206,48 @@ def _base_event(ev: RoundEvent):
             ev.population, int(ev.cohort_size), dp_event.GaussianDpEvent(z / 2.0)
         )
     return dp_event.GaussianDpEvent(z)
+
+
+def gaussian_floor(groups: Sequence[LedgerGroup], delta: float) -> float | None:
+    """For a distributed-DP ledger: dp_accounting's RDP epsilon of the Gaussian mechanism with
+    the same noise multiplier, sampling and adjacency in every round; None for other ledgers.
+
+    Privacy:
+        The distributed bounds are never below it: their sensitivity ``C s + sqrt(d)`` is at
+        least ``C s``, each bound is at least the Gaussian's ``alpha Delta_2^2 / (2 mu)``, and
+        the general sampling bound they use (Wang, Balle, Kasiviswanathan 2019, Theorem 9)
+        is at least dp_accounting's Gaussian-only one (Theorem 27). A distributed epsilon
+        below this floor is wrong, and the floor comes from a maintained library.
+    """
+    if not groups or not all(g.event.is_distributed for g in groups):
+        return None
+    import dp_accounting
+    from dp_accounting import dp_event
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    replace_one = _relation(groups[0].event) == REPLACE_ONE
+    events = []
+    for g in groups:
+        ev = g.event
+        if ev.noise_multiplier == 0.0:
+            return math.inf
+        if replace_one:
+            base = dp_event.GaussianDpEvent(ev.noise_multiplier / 2.0)
+            if ev.amplification == "sampling":
+                base = dp_event.SampledWithoutReplacementDpEvent(
+                    ev.population, int(ev.cohort_size), base
+                )
+        else:
+            base = dp_event.GaussianDpEvent(ev.noise_multiplier)
+        events.append(dp_event.SelfComposedDpEvent(base, g.count))
+    relation = (
+        dp_accounting.NeighboringRelation.REPLACE_ONE
+        if replace_one
+        else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    )
+    acc = rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
+    acc.compose(dp_event.ComposedDpEvent(events))
+    return float(acc.get_epsilon(delta))
 
 
 def _dp_event(groups: Sequence[LedgerGroup]):
@@ -482,6 +527,8 @@ class AccountingAudit:
         accountant: The accountant the run reported as its own (``summary.json``), if any.
         notes: Remarks on the recomputation (library versions, non-independent values).
         seconds: Time the recomputation took.
+        gaussian_floor: Distributed-DP ledgers: :func:`gaussian_floor`, an independent lower
+            bound on their epsilon; else None.
     """
 
     delta: float | None
@@ -498,6 +545,7 @@ class AccountingAudit:
     accountant: str | None
     notes: tuple[str, ...]
     seconds: float
+    gaussian_floor: float | None = None
 
     def row(self, accountant: str) -> AccountantRow | None:
         """The row of ``accountant`` (None when absent)."""
@@ -535,6 +583,7 @@ class AccountingAudit:
                 "exact_noise_multiplier",
                 "accountant",
                 "seconds",
+                "gaussian_floor",
             )
         }
         out["claimed_epsilon"] = self.claimed_epsilon
@@ -634,6 +683,7 @@ def accounting_audit(run: RunFiles, delta: float | None = None) -> AccountingAud
         accountant=accountant if isinstance(accountant, str) else None,
         notes=tuple(notes),
         seconds=time.perf_counter() - start,
+        gaussian_floor=None if delta is None else gaussian_floor(groups, delta),
     )
 
 

@@ -953,12 +953,43 @@ def check_accountant_bounds(acc: AccountingAudit) -> Check:
     }
     if exact is not None and not math.isfinite(exact):
         exact = None
-    if len(values) < 2 and exact is None:
-        return Check(name, title, NA, "fewer than two accountants analyse this ledger", evidence)
-    problems = []
 
     def slack(x: float) -> float:
         return 1e-3 * abs(x) + 1e-9
+
+    floor = acc.gaussian_floor
+    if floor is not None:
+        evidence["gaussian_floor"] = floor
+        claims = {
+            f"{r.accountant} {kind}": value
+            for r in acc.rows
+            for kind, value in (("recomputed", r.recomputed), ("reported", r.reported))
+            if value is not None
+        }
+        below = [f"{k} {_g(v)}" for k, v in claims.items() if v < floor - slack(floor)]
+        if below:
+            return Check(
+                name,
+                title,
+                FAIL,
+                f"{', '.join(below)} below {_g(floor)}, dp_accounting's epsilon of the Gaussian "
+                "mechanism with the same noise and sampling, which a distributed mechanism "
+                "cannot beat",
+                evidence,
+            )
+        if len(values) < 2:
+            shown = ", ".join(f"{k} {_g(v)}" for k, v in claims.items())
+            return Check(
+                name,
+                title,
+                PASS,
+                f"{shown}; not below {_g(floor)}, dp_accounting's epsilon of the Gaussian "
+                "mechanism with the same noise and sampling",
+                evidence,
+            )
+    if len(values) < 2 and exact is None:
+        return Check(name, title, NA, "fewer than two accountants analyse this ledger", evidence)
+    problems = []
 
     rdps = [values[n] for n in ("rdp", "opacus_rdp") if n in values]
     rdp_min = min(rdps) if rdps else None

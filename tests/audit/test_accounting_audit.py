@@ -85,6 +85,26 @@ def test_distributed_dp_is_recomputed_by_fedpriv_analysis_and_said_so(honest_run
     assert any("not independently" in note for note in acc.notes)
 
 
+def test_distributed_epsilon_below_the_gaussian_floor_fails(honest_run, monkeypatch):
+    run = read_run(honest_run("distributed"))
+    acc = accounting_audit(run)
+    # The floor comes from dp_accounting (fixed cohorts, sampling without replacement).
+    assert acc.gaussian_floor is not None and 0 < acc.gaussian_floor < acc.row("rdp").recomputed
+    checks = {c.name: c for c in audit_run(run.path).checks}
+    assert checks["accountant_bounds"].status == "pass"
+    assert "dp_accounting's epsilon of the Gaussian" in checks["accountant_bounds"].detail
+
+    # A distributed analysis that understates the cost (a tenth of the RDP) and a run that
+    # reported it: the floor, computed without fedpriv's analysis, catches both.
+    from fedpriv.accounting import distributed
+
+    real = distributed.round_rdp
+    monkeypatch.setattr(distributed, "round_rdp", lambda ev, orders: real(ev, orders) / 10)
+    check = {c.name: c for c in audit_run(run.path).checks}["accountant_bounds"]
+    assert check.status == "fail"
+    assert "rdp recomputed" in check.detail and "cannot beat" in check.detail
+
+
 @pytest.mark.parametrize("z,rounds,delta", [(2.0, 1, 1e-5), (0.8, 1, 1e-6), (5.0, 10, 1e-5)])
 def test_full_participation_gaussian_against_the_closed_form(tmp_path, z, rounds, delta):
     records = [

@@ -182,9 +182,7 @@ def test_sampling_that_ran_differs_from_the_ledger(honest_run, tmp_path):
     assert "'fixed' sampling ran but 3 of 3 ledger records say 'poisson'" in check.detail
 
 
-def test_amplification_the_configuration_turned_off_fails_the_mechanism_check(
-    honest_run, tmp_path
-):
+def test_amplification_the_configuration_turned_off_fails_the_mechanism_check(honest_run, tmp_path):
     run_dir = runs.copy_run(honest_run("distributed"), tmp_path / "r")
     assert all(r["amplification"] == "sampling" for r in runs.lines(run_dir / "ledger.jsonl"))
     cfg_path = run_dir / ".hydra" / "config.yaml"
