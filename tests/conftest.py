@@ -1,11 +1,30 @@
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# One persistent XLA compilation cache for the whole test session, shared by the xdist workers
+# and every fedpriv-train the tests start (they inherit the environment): most runs compile
+# the same few rounds, and a cached executable is the same program, so results do not change.
+# It lives in a fresh temporary directory on this machine and is removed when the session ends.
+_CACHE_VAR = "JAX_COMPILATION_CACHE_DIR"
+_OWN_CACHE = None
+if _CACHE_VAR not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="fedpriv-tests-xla-")
+    os.environ[_CACHE_VAR] = _OWN_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_sessionfinish(session):
+    if _OWN_CACHE is not None and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 600):
