@@ -8,6 +8,7 @@ the components that receive it and raise the same error type.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -339,6 +340,17 @@ def validate(cfg: Mapping[str, Any]) -> None:
     chunk = _get(cfg, "execution.chunk_size", "auto")
     if chunk not in (None, "auto"):
         number(cfg, "execution.chunk_size", low=1, integer=True)
+    cache = _get(cfg, "execution.compilation_cache")
+    if cache is not None:
+        if not isinstance(cache, str) or not cache.strip():
+            raise ConfigError(
+                "execution.compilation_cache", f"must be a directory path or null, got {cache!r}"
+            )
+        where = os.path.expanduser(cache)
+        if os.path.exists(where) and not os.path.isdir(where):
+            raise ConfigError(
+                "execution.compilation_cache", f"{where} exists and is not a directory"
+            )
 
 
 HIERARCHY = ("none", "gateways")

@@ -32,6 +32,7 @@ def _train(cfg: DictConfig) -> float | None:
     plain = OmegaConf.to_container(cfg, resolve=True)
     try:
         validate(plain)
+        use_compilation_cache((plain.get("execution") or {}).get("compilation_cache"))
         if hydra_cfg.mode == RunMode.MULTIRUN:
             finished = sweep_job(plain, run_dir)
             if finished is not None:
@@ -157,6 +158,34 @@ def noise_or_target(argv: list[str]) -> list[str]:
     if "privacy.noise_multiplier" in keys and "privacy.target_epsilon" not in keys:
         return [*argv, "privacy.target_epsilon=null"]
     return argv
+
+
+def use_compilation_cache(path: str | None) -> None:
+    """Keeps compiled rounds in ``path`` (``execution.compilation_cache``) so that later runs
+    of the same program, such as the other jobs of a sweep, load them instead of compiling.
+
+    JAX's persistent compilation cache: entries are keyed by the program, the compile options
+    and the JAX/XLA version, and only compilations of at least a second are kept (JAX's
+    default). Keep the directory on the machine (or machines of one kind) that uses it. The
+    first path a process uses stays in force for that process.
+
+    Raises:
+        ConfigError: the directory cannot be created.
+    """
+    if not path:
+        return
+    import os
+
+    import jax
+
+    where = os.path.expanduser(path)
+    try:
+        os.makedirs(where, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            "execution.compilation_cache", f"cannot create {where}: {err.strerror}"
+        ) from None
+    jax.config.update("jax_compilation_cache_dir", where)
 
 
 def main() -> None:

@@ -95,6 +95,38 @@ def test_run_directory_and_determinism(tmp_path):
     assert all("train_loss" in r and "test_accuracy" in r for r in a)
 
 
+def test_compilation_cache_is_filled_and_a_cached_round_gives_the_same_run(tmp_path):
+    cache = tmp_path / "xla"
+    dirs = [tmp_path / "compiled", tmp_path / "loaded"]
+    for d in dirs:
+        proc = run_cli(
+            "fedpriv.train",
+            *DEBUG,
+            "privacy=user_dp",
+            "privacy.noise_multiplier=1.0",
+            f"execution.compilation_cache={cache}",
+            f"hydra.run.dir={d}",
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert any(cache.iterdir())  # the first run wrote its compiled programs
+    assert _metrics(dirs[0]) == _metrics(dirs[1])
+    assert (dirs[0] / "ledger.jsonl").read_text() == (dirs[1] / "ledger.jsonl").read_text()
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    run_dir = tmp_path / "bad"
+    proc = run_cli(
+        "fedpriv.train",
+        *DEBUG,
+        f"execution.compilation_cache={not_a_dir}",
+        f"hydra.run.dir={run_dir}",
+    )
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "execution.compilation_cache" in lines[0] and "not a directory" in lines[0]
+    assert not run_dir.exists() and not_a_dir.read_text() == "x"
+
+
 def test_multirun_sweep(tmp_path):
     proc = run_cli(
         "fedpriv.train",
