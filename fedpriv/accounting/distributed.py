@@ -175,14 +175,18 @@ def subsampled_rdp(orders: np.ndarray, base_rdp: Callable[[np.ndarray], np.ndarr
             math.log(4.0) + e2 + math.log(-math.expm1(-e2)) if e2 > 0 else -np.inf,
             math.log(2.0) + e2,
         )
-        amplified = np.empty_like(eps)
-        for i, alpha in enumerate(js):
-            j = np.arange(2, alpha + 1)
-            log_comb = gammaln(alpha + 1.0) - gammaln(j + 1.0) - gammaln(alpha - j + 1.0)
-            rest = np.where(j == 2, log_second, math.log(2.0) + (j - 1) * eps[j - 2])
-            log_moment = float(logsumexp(np.append(j * math.log(gamma) + log_comb + rest, 0.0)))
-            amplified[i] = min(log_moment / (alpha - 1.0), eps[i])
-        eps = amplified
+        # All orders at once: row alpha, column j (terms with j > alpha are left out).
+        alpha = js[:, None].astype(np.float64)
+        j = js[None, :].astype(np.float64)
+        inside = j <= alpha
+        log_comb = (
+            gammaln(alpha + 1.0) - gammaln(j + 1.0) - gammaln(np.maximum(alpha - j, 0.0) + 1.0)
+        )
+        rest = np.where(js == 2, log_second, math.log(2.0) + (js - 1) * eps)[None, :]
+        terms = np.where(inside, j * math.log(gamma) + log_comb + rest, -np.inf)
+        terms = np.concatenate([terms, np.zeros((len(js), 1))], axis=1)  # the leading 1
+        log_moment = logsumexp(terms, axis=1)
+        eps = np.minimum(log_moment / (js - 1.0), eps)
     # Integer orders read off directly; an order between two integers uses the convexity of
     # (alpha - 1) eps(alpha) in alpha (a log moment generating function), as dp_accounting
     # does for its Gaussian bound; orders below 2 use eps(2) (RDP is non-decreasing).
