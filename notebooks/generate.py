@@ -29,6 +29,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 """
 
+#: The last lines of every figure's drawing cell: lay out, write the PNG, say where.
+SAVE = """\
+fig.tight_layout()
+FIGURE.parent.mkdir(parents=True, exist_ok=True)
+fig.savefig(FIGURE, dpi=130)
+print(f"wrote {FIGURE}")"""
+
 ACCOUNTING = [
     (
         "markdown",
@@ -106,10 +113,8 @@ ax.set_title(
 )
 ax.grid(True, which="both", alpha=0.3)
 ax.legend(fontsize=8)
-fig.tight_layout()
-FIGURE.parent.mkdir(parents=True, exist_ok=True)
-fig.savefig(FIGURE, dpi=130)
-print(f"wrote {FIGURE}")""",
+"""
+        + SAVE,
     ),
 ]
 
@@ -207,10 +212,8 @@ for i, model in enumerate(models):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, title=f"rounds to {target:.0%}", title_fontsize=7, loc="lower right")
 fig.suptitle(f"FedAvg vs FedSGD, 100 clients, C = 0.1, on {source}", fontsize=11)
-fig.tight_layout()
-FIGURE.parent.mkdir(parents=True, exist_ok=True)
-fig.savefig(FIGURE, dpi=130)
-print(f"wrote {FIGURE}")""",
+"""
+        + SAVE,
     ),
 ]
 
@@ -302,10 +305,8 @@ fig.suptitle(
     "(solid: no dropout, dashed: 30% dropout)",
     fontsize=10,
 )
-fig.tight_layout()
-FIGURE.parent.mkdir(parents=True, exist_ok=True)
-fig.savefig(FIGURE, dpi=130)
-print(f"wrote {FIGURE}")""",
+"""
+        + SAVE,
     ),
 ]
 
@@ -368,10 +369,8 @@ ax.set_ylabel("test accuracy (mean ± std over seeds)")
 ax.set_title(f"DP-FedAvg on digits, {population} clients: larger cohorts at equal epsilon")
 ax.grid(True, alpha=0.3)
 ax.legend(fontsize=8)
-fig.tight_layout()
-FIGURE.parent.mkdir(parents=True, exist_ok=True)
-fig.savefig(FIGURE, dpi=130)
-print(f"wrote {FIGURE}")""",
+"""
+        + SAVE,
     ),
 ]
 
@@ -479,10 +478,8 @@ for a in (ax, az):
     a.legend(fontsize=7)
 fig.suptitle("Distributed DP with secure aggregation against central DP "
              "(Kairouz et al. 2021, Fig. 1), digits", fontsize=11)
-fig.tight_layout()
-FIGURE.parent.mkdir(parents=True, exist_ok=True)
-fig.savefig(FIGURE, dpi=130)
-print(f"wrote {FIGURE}")""",
+"""
+        + SAVE,
     ),
 ]
 
@@ -554,10 +551,8 @@ ax.set_ylabel("epsilon at the run's delta (symlog)")
 ax.set_title(f"Canary audit, {rows[0]['canaries']} canaries per run")
 ax.grid(True, alpha=0.3)
 ax.legend(fontsize=8)
-fig.tight_layout()
-FIGURE.parent.mkdir(parents=True, exist_ok=True)
-fig.savefig(FIGURE, dpi=130)
-print(f"wrote {FIGURE}")""",
+"""
+        + SAVE,
     ),
 ]
 
@@ -645,10 +640,8 @@ for i, s in enumerate(stragglers):
         ax.grid(True, alpha=0.3)
 axes[0][0].legend(fontsize=7)
 fig.suptitle("FedAvg vs FedProx under systems heterogeneity (Li et al. 2020, Fig. 1)", fontsize=11)
-fig.tight_layout()
-FIGURE.parent.mkdir(parents=True, exist_ok=True)
-fig.savefig(FIGURE, dpi=130)
-print(f"wrote {FIGURE}")""",
+"""
+        + SAVE,
     ),
 ]
 

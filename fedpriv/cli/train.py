@@ -10,6 +10,7 @@ Examples::
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
@@ -174,8 +175,6 @@ def use_compilation_cache(path: str | None) -> None:
     """
     if not path:
         return
-    import os
-
     import jax
 
     where = os.path.expanduser(path)

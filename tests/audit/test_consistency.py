@@ -171,12 +171,17 @@ def test_summary_ledger_events_must_match_the_file(honest_run, tmp_path):
     assert "summary.json says 0 replayed rounds, the ledger marks 3" in check.detail
 
 
-def test_sampling_that_ran_differs_from_the_ledger(honest_run, tmp_path):
-    run_dir = runs.copy_run(honest_run("poisson"), tmp_path / "r")
+def _set_config(run_dir, group: str, key: str, value) -> None:
+    """Edits ``group.key`` in a copied run's composed configuration."""
     cfg_path = run_dir / ".hydra" / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["sampling"]["kind"] = "fixed"
+    cfg[group][key] = value
     cfg_path.write_text(yaml.safe_dump(cfg))
+
+
+def test_sampling_that_ran_differs_from_the_ledger(honest_run, tmp_path):
+    run_dir = runs.copy_run(honest_run("poisson"), tmp_path / "r")
+    _set_config(run_dir, "sampling", "kind", "fixed")
     check = _checks(run_dir)["sampling"]
     assert check.status == "fail"
     assert "'fixed' sampling ran but 3 of 3 ledger records say 'poisson'" in check.detail
@@ -185,10 +190,7 @@ def test_sampling_that_ran_differs_from_the_ledger(honest_run, tmp_path):
 def test_amplification_the_configuration_turned_off_fails_the_mechanism_check(honest_run, tmp_path):
     run_dir = runs.copy_run(honest_run("distributed"), tmp_path / "r")
     assert all(r["amplification"] == "sampling" for r in runs.lines(run_dir / "ledger.jsonl"))
-    cfg_path = run_dir / ".hydra" / "config.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["privacy"]["amplification"] = "none"
-    cfg_path.write_text(yaml.safe_dump(cfg))
+    _set_config(run_dir, "privacy", "amplification", "none")
     check = _checks(run_dir)["mechanism"]
     assert check.status == "fail"
     assert "privacy.amplification=none but 3 of 3 records" in check.detail
