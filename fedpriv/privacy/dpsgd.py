@@ -42,14 +42,16 @@ def make_dpsgd_client_update(
     clip_norm: float,
     noise_multiplier: float,
     n_cap: int,
+    expected_batch_size: float,
 ) -> Callable[[PyTree, ClientBatch, jax.Array], ClientOutput]:
     """Builds a client update that runs ``steps`` steps of DP-SGD on the client's examples.
 
     Each step Poisson-samples the client's real examples with probability ``q``, clips
     every sampled example's gradient to L2 norm ``C``, sums, adds ``N(0, (z C)^2 I)`` and
-    divides by the client's expected batch size ``q * count`` (a constant of the client).
-    Every step is taken, even when no example was sampled (then the gradient is pure noise),
-    as the analysis assumes.
+    divides by the declared expected batch size ``B`` (a public constant, the same for every
+    client: never the client's own example count, which adding or removing one example
+    changes). Every step is taken, even when no example was sampled (then the gradient is
+    pure noise), as the analysis assumes.
 
     Args:
         apply_fn: ``apply_fn(params, x[B, ...]) -> logits``.
@@ -59,18 +61,19 @@ def make_dpsgd_client_update(
         clip_norm: C, the per-example clip norm.
         noise_multiplier: z; noise std on the clipped-gradient sum is ``z * C``.
         n_cap: example slots per client.
+        expected_batch_size: B, the divisor of every step's noised sum.
 
     Privacy:
         Unit: one example (add/remove-one-example relation within a client). Each step is a
         Poisson-subsampled Gaussian mechanism with rate q and noise multiplier z on a sum of
         sensitivity C; a round composes ``steps`` of them. Amplification by the sampling of
-        clients is not claimed.
+        clients is not claimed. What the client releases (its update) is a function of the
+        noised sums and of public constants only (q, z, C, B, ``steps``); the example count
+        shapes nothing but which slots hold real examples.
     """
 
     def client_update(params: PyTree, batch: ClientBatch, key: jax.Array) -> ClientOutput:
-        count = batch.count.astype(jnp.float32)
         valid = jnp.arange(n_cap) < batch.count
-        expected_batch = jnp.maximum(sampling_rate * count, 1e-12)
 
         def step(carry, k):
             local, opt_state = carry
@@ -81,7 +84,7 @@ def make_dpsgd_client_update(
             clipped = jax.vmap(lambda g: clip_flat(g, clip_norm)[0])(grads)
             summed = jax.tree.map(lambda g: jnp.tensordot(w, g, axes=1), clipped)
             noised = add_gaussian(summed, noise_multiplier * clip_norm, noise_key)
-            grad = jax.tree.map(lambda g: g / expected_batch, noised)
+            grad = jax.tree.map(lambda g: g / expected_batch_size, noised)
             updates, opt_state = optimizer.update(grad, opt_state, local)
             local = optax.apply_updates(local, updates)
             loss = jnp.sum(losses * w) / jnp.maximum(jnp.sum(w), 1.0)

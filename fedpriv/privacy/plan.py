@@ -13,7 +13,6 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import optax
 
 from fedpriv.errors import ConfigError
@@ -48,8 +47,11 @@ class PrivacyPlan:
         noise_multiplier: z, the accounted noise multiplier.
         per_layer: per-layer clipping.
         adaptive: adaptive clipping settings, if any.
-        steps: local DP-SGD steps per round (example DP).
-        example_sampling_rate: Poisson rate of examples per DP-SGD step (example DP).
+        steps: local DP-SGD steps per round (example DP): ``epochs * ceil(1 / q)``.
+        example_sampling_rate: q, the Poisson rate of examples per DP-SGD step (example
+            DP), declared in the configuration.
+        expected_batch_size: B, the divisor of each DP-SGD step's noised sum (example DP):
+            ``client.batch_size``, a public constant.
         delta: target delta of the run's (epsilon, delta) claim.
         target_epsilon: the epsilon the noise was calibrated to, if any.
         accountant: accountant used for calibration and per-round epsilon.
@@ -70,6 +72,7 @@ class PrivacyPlan:
     adaptive: AdaptiveClip | None = None
     steps: int = 1
     example_sampling_rate: float | None = None
+    expected_batch_size: float | None = None
     delta: float | None = None
     target_epsilon: float | None = None
     accountant: str = "rdp"
@@ -85,9 +88,12 @@ class PrivacyPlan:
     ) -> Aggregator:
         """The server-side aggregation this plan requires.
 
-        User-level DP uses :func:`~fedpriv.privacy.aggregators.dp_fedavg`; example-level DP
-        and no DP use FedAvg's weighted mean (each example-DP client update is already
-        private, so weighting it is post-processing). With secure aggregation that aggregator
+        User-level DP uses :func:`~fedpriv.privacy.aggregators.dp_fedavg`; no DP uses
+        FedAvg's weighted mean; example-level DP the uniform mean over the clients that
+        reported: each client update is already private, and weights equal for every client
+        keep the server's step a function of those updates alone (weighting by example count,
+        FedAvg's default, would publish each client's count, which adding or removing one
+        example changes; ``weighting`` is therefore ignored). With secure aggregation that aggregator
         is wrapped by :func:`~fedpriv.privacy.secagg.fast.secure_aggregator` (``key``: the
         secure-aggregation purpose key; ``params``: a parameter tree of the model); for
         distributed DP the wrapped DP-FedAvg adds no noise of its own (the clients do).
@@ -110,6 +116,8 @@ class PrivacyPlan:
                 self.per_layer,
                 self.adaptive,
             )
+        if self.unit == "example":
+            return weighted_mean("uniform")
         return weighted_mean(weighting)
 
     def client_update(
@@ -152,6 +160,7 @@ class PrivacyPlan:
                 self.clip_norm,
                 self.noise_multiplier,
                 n_cap,
+                float(self.expected_batch_size),
             )
         return make_client_update(apply_fn, optimizer, epochs, batch_size, n_cap, **local)
 
@@ -159,8 +168,9 @@ class PrivacyPlan:
         """The DP event of round ``rnd`` as it ran (None without DP).
 
         ``clip_norm`` and ``noise_std`` are read from the round's own metrics (what the
-        mechanism used), ``realised_cohort`` from the clients that took part (for unit
-        ``gateway``, from the gateways that took part: the metric ``gateways``).
+        mechanism used; both are public or functions of noised values). The record holds
+        public values only: the realised cohort, which with Poisson sampling tells whether
+        a client took part, is a diagnostic of the metrics (``clients``), not part of it.
         """
         if not self.is_private:
             return None
@@ -189,9 +199,7 @@ class PrivacyPlan:
             "noise_std": noise_std,
             "steps": self.steps if self.unit == "example" else 1,
             "example_sampling_rate": self.example_sampling_rate,
-            "realised_cohort": int(metrics["gateways" if self.unit == "gateway" else "clients"]),
             **({"count_noise_std": self.adaptive.count_noise_std} if self.adaptive else {}),
-            **_dropped(metrics),
         }
 
     def _distributed_record(self, rnd: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -209,9 +217,7 @@ class PrivacyPlan:
             "noise_std": self.noise_multiplier * self.clip_norm,
             "steps": 1,
             "example_sampling_rate": None,
-            "realised_cohort": int(metrics["clients"]),
             **noise.record(),
-            **_dropped(metrics),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -222,12 +228,6 @@ class PrivacyPlan:
         return d
 
 
-def _dropped(metrics: Mapping[str, Any]) -> dict[str, int]:
-    """``{"dropped": n}`` when the round dropped sampled clients after sampling (availability
-    models, :mod:`fedpriv.fl.edge`); informational, like ``realised_cohort`` (the survivors)."""
-    return {"dropped": int(metrics["dropped"])} if "dropped" in metrics else {}
-
-
 def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
     value = cfg.get(key, default)
     return default if value is None else value
@@ -236,7 +236,6 @@ def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
 def build_plan(
     privacy_cfg: Mapping[str, Any],
     sampler: Any,
-    client_sizes: np.ndarray,
     client_cfg: Mapping[str, Any],
     rounds: int,
     secagg_cfg: Mapping[str, Any] | None = None,
@@ -260,7 +259,7 @@ def build_plan(
         without = dict(privacy_cfg)
         if without.get("name") == "distributed_dp":
             without = {"name": "none"}
-        base = build_plan(without, sampler, client_sizes, client_cfg, rounds)
+        base = build_plan(without, sampler, client_cfg, rounds)
         return build_secure_plan(base, privacy_cfg, secagg_cfg or {}, num_params)
     name = privacy_cfg.get("name", "none")
     if name not in MECHANISMS:
@@ -299,23 +298,7 @@ def build_plan(
             raise ConfigError("privacy.adaptive.count_noise_std", f"must be > 0, got {sigma_b}")
         extra["adaptive"] = AdaptiveClip(gamma, eta, None if sigma_b is None else float(sigma_b))
     if unit == "example":
-        batch = int(client_cfg["batch_size"])
-        smallest = int(np.min(client_sizes))
-        rate = privacy_cfg.get("example_sampling_rate")
-        if rate is None:
-            if batch > smallest:
-                raise ConfigError(
-                    "client.batch_size",
-                    f"example-level DP-SGD samples batches of expected size {batch} from each "
-                    f"client, but the smallest client has {smallest} examples; use a batch "
-                    f"size <= {smallest}",
-                )
-            rate = batch / smallest
-        rate = float(rate)
-        if not 0 < rate <= 1:
-            raise ConfigError("privacy.example_sampling_rate", f"must be in (0, 1], got {rate}")
-        extra["example_sampling_rate"] = rate
-        extra["steps"] = int(client_cfg["epochs"]) * math.ceil(1.0 / rate)
+        extra.update(_example_sampling(privacy_cfg, client_cfg))
     plan = PrivacyPlan(
         unit=unit,
         clip_norm=clip_norm,
@@ -325,10 +308,57 @@ def build_plan(
         **common,
         **extra,
     )
-    # The default delta is below 1/(number of privacy units): clients for user-level DP,
-    # training examples for example-level DP.
-    units = int(np.sum(client_sizes)) if plan.unit == "example" else plan.population
+    # The default delta is below 1/(number of privacy units): clients for user-level DP;
+    # for example-level DP the examples that the declared rate and batch size describe,
+    # population * B / q, a public number (the loaded total changes with one example).
+    units = plan.population
+    if plan.unit == "example":
+        units = plan.population * math.ceil(
+            plan.expected_batch_size / plan.example_sampling_rate - 1e-9
+        )
     return _with_delta_and_calibration(plan, privacy_cfg, units)
+
+
+def _example_sampling(
+    privacy_cfg: Mapping[str, Any], client_cfg: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Rate, divisor and steps of example-level DP-SGD, from public configuration only.
+
+    The rate q is ``privacy.example_sampling_rate`` or, with a declared cap
+    ``client.max_examples``, ``client.batch_size / client.max_examples``. It is never derived
+    from the loaded data: the smallest client's size changes when one example is added or
+    removed, and the rate, the number of steps and the divisor are all released (they shape
+    the update and are written to the ledger).
+
+    Raises:
+        ConfigError: neither a rate nor a cap is declared, or the rate is outside (0, 1].
+    """
+    batch = int(client_cfg["batch_size"])
+    rate = privacy_cfg.get("example_sampling_rate")
+    cap = client_cfg.get("max_examples")
+    if rate is None:
+        if cap is None:
+            raise ConfigError(
+                "privacy.example_sampling_rate",
+                "example-level DP needs a declared rate: set privacy.example_sampling_rate "
+                "in (0, 1], or client.max_examples (the rate is then client.batch_size / "
+                "client.max_examples); a rate derived from the clients' data would be private",
+            )
+        if batch > int(cap):
+            raise ConfigError(
+                "client.batch_size",
+                f"example-level DP-SGD samples batches of expected size {batch} from at most "
+                f"client.max_examples = {cap} examples; use a batch size <= {cap}",
+            )
+        rate = batch / int(cap)
+    rate = float(rate)
+    if not 0 < rate <= 1:
+        raise ConfigError("privacy.example_sampling_rate", f"must be in (0, 1], got {rate}")
+    return {
+        "example_sampling_rate": rate,
+        "expected_batch_size": float(batch),
+        "steps": int(client_cfg["epochs"]) * math.ceil(1.0 / rate),
+    }
 
 
 def resolve_delta(cfg: Mapping[str, Any], population: int) -> float:

@@ -16,7 +16,13 @@ HONEST = {
     "poisson": (("privacy=user_dp", *Z, *POISSON), False),
     "fixed": (("privacy=user_dp", *Z), False),
     "example": (
-        ("privacy=example_dp", *Z, "client.batch_size=2", "privacy.delta=1e-4"),
+        (
+            "privacy=example_dp",
+            *Z,
+            "client.batch_size=2",
+            "privacy.example_sampling_rate=0.5",
+            "privacy.delta=1e-4",
+        ),
         False,
     ),
     "adaptive": (("privacy=user_dp_adaptive", *Z, *POISSON), False),
