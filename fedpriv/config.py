@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fedpriv.errors import ConfigError
+from fedpriv.privacy.release import NOISE_SOURCES, RELEASE_MODES
 
 FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare", "emnist_tff")
 MODELS = ("logreg", "mlp", "cnn", "cnn_cifar", "resnet18_gn", "char_lstm")
@@ -298,6 +299,10 @@ def validate(cfg: Mapping[str, Any]) -> None:
         number(cfg, "sampling.rate", low=0, high=1, low_open=True)
 
     privacy = choice(cfg, "privacy.name", PRIVACY)
+    if _get(cfg, "privacy.release") is not None:
+        choice(cfg, "privacy.release", RELEASE_MODES)
+    if _get(cfg, "privacy.noise_source") is not None:
+        choice(cfg, "privacy.noise_source", NOISE_SOURCES)
     if privacy != "none":
         number(cfg, "privacy.clip_norm", low=0, low_open=True)
         noise = _get(cfg, "privacy.noise_multiplier")

@@ -25,6 +25,7 @@ from typing import Any
 
 from fedpriv.accounting.events import DISTRIBUTED_MECHANISMS, LEDGER_FORMAT, RoundEvent
 from fedpriv.errors import ConfigError
+from fedpriv.privacy.release import flatten
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 LEDGER_FILE = "ledger.jsonl"
@@ -110,9 +111,34 @@ def read_run(run_dir: str | Path) -> RunFiles:
         events = [_event(rec, f"{path / LEDGER_FILE} line {n}") for n, rec in ledger_rows]
     metrics = None
     if metrics_rows is not None:
-        metrics = [_metrics_row(rec, f"{path / METRICS_FILE} line {n}") for n, rec in metrics_rows]
+        metrics = [
+            _metrics_row(flatten(rec), f"{path / METRICS_FILE} line {n}") for n, rec in metrics_rows
+        ]
     summary = _read_summary(path / SUMMARY_FILE)
-    return RunFiles(path, config, ledger, events or [], metrics, summary)
+    return RunFiles(path, config, ledger, _with_cohorts(events or [], metrics), metrics, summary)
+
+
+def _with_cohorts(events: list[RoundEvent], metrics: list[dict[str, Any]] | None):
+    """Events with the realised cohort (and dropped clients) of their round filled in from the
+    metrics' diagnostics, where the ledger does not hold them (it holds public values only;
+    a run written with ``privacy.release=strict`` has no such diagnostics)."""
+    if not metrics:
+        return events
+    by_round = {int(row["round"]): row for row in metrics}
+    out = []
+    for ev in events:
+        row = by_round.get(int(ev.round)) if ev.round is not None else None
+        if ev.realised_cohort is None and row is not None:
+            count = row.get("gateways" if ev.unit == "gateway" else "clients")
+            if _is_int(count) or (_is_number(count) and float(count).is_integer()):
+                dropped = row.get("dropped")
+                ev = dataclasses.replace(
+                    ev,
+                    realised_cohort=int(count),
+                    dropped=int(dropped) if _is_number(dropped) else ev.dropped,
+                )
+        out.append(ev)
+    return out
 
 
 def _read_config(path: Path) -> dict[str, Any] | None:

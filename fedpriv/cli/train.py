@@ -139,9 +139,14 @@ def final_line(summary: dict, run_dir: str) -> str:
             f" at epsilon {eps[main]:.3f} ({main}{others}), delta {summary['delta']:.0e}"
             f", {summary['privacy']['unit']}-level DP"
         )
+        if summary.get("noise_source", "seeded") == "seeded":
+            head += " (seeded noise: holds only while the seed stays secret)"
     else:
         head += " without differential privacy"
-    return f"{head} ({summary['wall_seconds']:.1f} s); run directory: {run_dir}"
+    seconds = (summary.get("diagnostics") or {}).get("wall_seconds")
+    if seconds is not None:
+        head += f" ({seconds:.1f} s)"
+    return f"{head}; run directory: {run_dir}"
 
 
 def _override_key(arg: str) -> str:

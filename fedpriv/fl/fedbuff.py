@@ -99,7 +99,9 @@ from fedpriv.fl.round import (
     chunked_sums,
     client_contribution,
     init_server_state,
+    split_round_key,
 )
+from fedpriv.privacy import release
 
 PyTree = Any
 
@@ -456,7 +458,7 @@ def make_fedbuff_step(
 
     def step_fn(state: FedBuffState, inputs: StepInputs, key: jax.Array):
         server = state.server
-        client_key, agg_key = jax.random.split(key)
+        client_key, agg_key, _ = split_round_key(key)
         (total, total_w, stats), per_client = buffered_sums(
             client_update,
             aggregator,
@@ -680,7 +682,6 @@ def build(cfg: Mapping[str, Any]) -> FedBuffExperiment:
     privacy = build_plan(
         cfg.get("privacy") or {"name": "none"},
         BufferSampling(kind, n, fb.buffer_size),
-        base.data.train.client_sizes,
         cfg["client"],
         steps,
         num_params=sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)),
@@ -698,6 +699,9 @@ def build(cfg: Mapping[str, Any]) -> FedBuffExperiment:
         base.n_cap,
         **edge_lib.local_options(cfg),  # FedProx's proximal term (from the downloaded model)
     )
+    if release.noise_source(cfg.get("privacy")) == "secure" and privacy.is_private:
+        # Step keys come from the base experiment: give it the noise root and the plan.
+        base = dataclasses.replace(base, privacy=privacy, noise_root=release.secure_root_key())
     alg = cfg["algorithm"]
     server_opt = server_optimizer_from_config(alg)
     aggregator = privacy.aggregator(alg.get("weighting", "count"))
@@ -761,6 +765,7 @@ def run(cfg: Mapping[str, Any], run_dir: str | Any, progress: bool = True) -> di
     plan = exp.privacy
     steps, eval_every = int(cfg["rounds"]), int(cfg["eval_every"])
     stop_at = (cfg.get("privacy") or {}).get("stop_at_epsilon")
+    release_mode = release.mode(cfg.get("privacy"))
     every = int((cfg.get("checkpoint") or {}).get("every", 25) or 0)
     ckpt = checkpoint_lib.Checkpointer(run_dir, int((cfg.get("checkpoint") or {}).get("keep", 2)))
     tracker = accounting.EpsilonTracker(plan.delta, plan.accountant) if plan.is_private else None
@@ -811,7 +816,7 @@ def run(cfg: Mapping[str, Any], run_dir: str | Any, progress: bool = True) -> di
                 last_eval = exp.base.evaluate(state.server.params)
                 record.update(last_eval)
             record["seconds"] = round(time.time() - t0, 6)
-            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.write(json.dumps(release.metrics_line(record, release_mode)) + "\n")
             metrics_file.flush()
             metrics_lines += 1
             done = step
@@ -869,6 +874,9 @@ def run(cfg: Mapping[str, Any], run_dir: str | Any, progress: bool = True) -> di
         summary["epsilon_spent"] = tracker.epsilon if tracker.rounds else None
         summary["ledger_events"] = len(ledger_records)
         summary["replayed_rounds"] = 0
+        summary["noise_source"] = release.noise_source(cfg.get("privacy"))
+        summary["guarantee"] = release.statement(summary["noise_source"])
+    summary = release.summary(summary, release_mode)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

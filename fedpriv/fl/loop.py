@@ -38,6 +38,7 @@ from fedpriv.fl.round import RoundInputs, ServerState, init_server_state, make_r
 from fedpriv.fl.sampling import build_sampler
 from fedpriv.fl.server import server_optimizer_from_config
 from fedpriv.privacy.ledger import LEDGER_FILE, LedgerWriter
+from fedpriv.privacy import release
 from fedpriv.privacy.plan import PrivacyPlan, build_plan
 from fedpriv.validation import check_output_dir, read_jsonl
 
@@ -68,6 +69,8 @@ class Experiment:
         mesh: the device mesh (None: one device).
         canaries: the canary clients (None: none); the sampler's population includes them.
         initial_params: the parameters before round 1.
+        noise_root: with ``privacy.noise_source=secure``, the root of the noise keys, drawn
+            from the operating system's CSPRNG and kept in memory only (None: seeded).
     """
 
     cfg: dict[str, Any]
@@ -82,12 +85,24 @@ class Experiment:
     mesh: jax.sharding.Mesh | None = None
     canaries: CanarySpec | None = None
     initial_params: Any = None
+    noise_root: jax.Array | None = None
 
     def sampling_key(self, rnd: int) -> jax.Array:
         return jax.random.fold_in(purpose_key(self.cfg["seed"], KEY_SAMPLING), rnd)
 
     def round_key(self, rnd: int) -> jax.Array:
-        return jax.random.fold_in(purpose_key(self.cfg["seed"], KEY_ROUND), rnd)
+        """The key of round ``rnd``: from the seed, or with a secure noise source a stack of
+        ``(client key, noise key, round key)`` (:func:`fedpriv.fl.round.split_round_key`)
+        whose noise key comes from :attr:`noise_root`. Example-level DP draws its noise and
+        example sampling inside the clients, so there the client key is secure as well."""
+        key = jax.random.fold_in(purpose_key(self.cfg["seed"], KEY_ROUND), rnd)
+        if self.noise_root is None:
+            return key
+        noise = jax.random.fold_in(self.noise_root, rnd)
+        client_key = jax.random.split(key)[0]
+        if self.privacy.unit == "example":
+            client_key = jax.random.fold_in(noise, 1)
+        return jnp.stack([client_key, jax.random.fold_in(noise, 0), key])
 
     def cohort(self, rnd: int) -> RoundInputs:
         """Samples and gathers round ``rnd``'s cohort, padded to the plan's slots, and starts
@@ -174,7 +189,6 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
     privacy = build_plan(
         cfg.get("privacy") or {"name": "none"},
         sampler,
-        sizes,
         cfg["client"],
         int(cfg["rounds"]),
         secagg_cfg=cfg.get("secagg"),
@@ -201,9 +215,15 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
     )
     alg = cfg["algorithm"]
     server_opt = server_optimizer_from_config(alg)
-    aggregator = privacy.aggregator(
-        alg.get("weighting", "count"), key=purpose_key(seed, KEY_SECAGG), params=params
+    noise_root = None
+    if release.noise_source(cfg.get("privacy")) == "secure" and privacy.is_private:
+        noise_root = release.secure_root_key()
+    secagg_key = (
+        purpose_key(seed, KEY_SECAGG)
+        if noise_root is None
+        else jax.random.fold_in(noise_root, KEY_SECAGG)
     )
+    aggregator = privacy.aggregator(alg.get("weighting", "count"), key=secagg_key, params=params)
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     example_bytes = int(np.prod(data.example_shape)) * data.train.x.dtype.itemsize
     exec_plan = planner.plan(
@@ -301,6 +321,7 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         mesh=mesh,
         canaries=canaries,
         initial_params=params,
+        noise_root=noise_root,
     )
 
 
@@ -625,6 +646,7 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
     plan = exp.privacy
     rounds, eval_every = int(cfg["rounds"]), int(cfg["eval_every"])
     stop_at = (cfg.get("privacy") or {}).get("stop_at_epsilon")
+    release_mode = release.mode(cfg.get("privacy"))
     crash_at = (cfg.get("faults") or {}).get("crash_at_round")
 
     # Everything is read and checked before anything in the run directory changes.
@@ -703,7 +725,7 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
                 last_eval = exp.evaluate(state.params)
                 record.update(last_eval)
             record["seconds"] = round(time.time() - t0, 6)
-            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.write(json.dumps(release.metrics_line(record, release_mode)) + "\n")
             metrics_file.flush()
             metrics_lines += 1
             done = rnd
@@ -720,7 +742,10 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
                 if rnd % eval_every and rnd != rounds:
                     last_eval = exp.evaluate(state.params)
                 stopped = True
-            if every and rnd % every == 0 and signals.received is None:
+            # The round before the last is always checkpointed too, so the audit can replay
+            # the last round from the state before it (fedpriv.audit.replay).
+            periodic = bool(every) and rnd % every == 0
+            if (periodic or rnd == rounds - 1) and signals.received is None:
                 save(rnd)
                 saved_at = rnd
         bar.close()
@@ -777,5 +802,8 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
         summary["epsilon_spent"] = tracker.epsilon if tracker.rounds else None
         summary["ledger_events"] = len(ledger_records)
         summary["replayed_rounds"] = replayed
+        summary["noise_source"] = release.noise_source(cfg.get("privacy"))
+        summary["guarantee"] = release.statement(summary["noise_source"])
+    summary = release.summary(summary, release_mode)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -54,6 +54,20 @@ def init_server_state(
     return ServerState(params, server_opt.init(params), aggregator.init(), jnp.zeros((), jnp.int32))
 
 
+def split_round_key(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(client_key, noise_key, round_key)`` of a round.
+
+    A single key (``privacy.noise_source=seeded``) is split into the clients' and the
+    aggregation's keys and is itself the round key (availability draws). A stack of three
+    keys (``secure``: :meth:`fedpriv.fl.loop.Experiment.round_key`) already holds them, the
+    noise key drawn from a root the operating system's CSPRNG provided.
+    """
+    if key.shape == (3,):
+        return key[0], key[1], key[2]
+    client_key, agg_key = jax.random.split(key)
+    return client_key, agg_key, key
+
+
 def _tree_all_finite(tree: PyTree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves))
@@ -221,7 +235,7 @@ def make_round(
     The round: each client trains locally (:func:`cohort_sums`), the aggregator reduces the
     sums to one mean update, and the server optimizer applies ``-mean_update`` as a
     pseudo-gradient. ``key`` is the round key; it is split by purpose into client and
-    aggregation (noise) keys. With a ``mesh``, the cohort axis of ``inputs`` is sharded over
+    aggregation (noise) keys (:func:`split_round_key`). With a ``mesh``, the cohort axis of ``inputs`` is sharded over
     its ``clients`` axis (``C`` must be a multiple of ``devices * chunk_size``).
     ``local_sums`` replaces :func:`cohort_sums` (e.g. the factored path of
     :mod:`fedpriv.fl.lowrank`); it takes ``(params, agg_state, inputs, client_key)``.
@@ -256,7 +270,7 @@ def make_round(
     sums_fn = sharded_cohort_sums(local_sums, mesh)
 
     def round_fn(state: ServerState, inputs: RoundInputs, key: jax.Array):
-        client_key, agg_key = jax.random.split(key)
+        client_key, agg_key, key = split_round_key(key)
         edge_metrics = {}
         if edge is not None and edge.selects:
             inputs, edge_metrics = edge.select(inputs, state.round, key)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpriv.errors import ConfigError
+from fedpriv.privacy.release import flatten
 from fedpriv.report.runs import FINISHED, Run
 
 #: Partition names as the paper calls them.
@@ -216,7 +217,8 @@ def format_rounds(row: Mapping[str, Any]) -> str:
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a JSON-lines result file (one JSON object per line).
+    """The records of a JSON-lines result file (one JSON object per line); a metrics line's
+    ``diagnostics`` are merged into its top level (:func:`fedpriv.privacy.release.flatten`).
 
     Raises:
         ConfigError: the file does not exist or a line is not a JSON object.
@@ -235,7 +237,7 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
                 raise ConfigError(f"{p}:{n}", "is not valid JSON") from None
             if not isinstance(rec, dict):
                 raise ConfigError(f"{p}:{n}", "is not a JSON object")
-            out.append(rec)
+            out.append(flatten(rec))
     return out
 
 

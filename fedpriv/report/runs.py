@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpriv.errors import ConfigError
+from fedpriv.privacy.release import flatten
 
 #: Statuses of a run, from the files it left.
 FINISHED, UNFINISHED, FAILED = "finished", "unfinished", "failed"
@@ -115,6 +116,7 @@ def read_run(path: Path) -> Run:
     run.choices = {str(k): str(v) for k, v in choices.items() if not str(k).startswith("hydra")}
     run.planned_rounds = _int(run.config.get("rounds"))
     lines, bad_line = _read_metrics(path / "metrics.jsonl")
+    lines = [flatten(rec) for rec in lines]
     for rec in lines:
         if "test_accuracy" in rec and "round" in rec:
             run.curve.append((int(rec["round"]), float(rec["test_accuracy"])))
@@ -122,7 +124,7 @@ def read_run(path: Path) -> Run:
     eps_seen = [r["epsilon"] for r in lines if isinstance(r.get("epsilon"), (int, float))]
     summary = _read_json(path / "summary.json")
     if isinstance(summary, dict) and isinstance(summary.get("final"), dict):
-        run.summary = summary
+        run.summary = flatten(summary)
         run.status = FINISHED
         run.rounds = int(summary.get("rounds", run.rounds))
         run.planned_rounds = _int(summary.get("planned_rounds")) or run.planned_rounds

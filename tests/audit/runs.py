@@ -62,6 +62,13 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+def metrics(path: Path) -> list[dict[str, Any]]:
+    """The lines of a ``metrics.jsonl`` with their diagnostics merged into the top level."""
+    from fedpriv.privacy.release import flatten
+
+    return [flatten(rec) for rec in lines(path)]
+
+
 def write_lines(path: Path, records: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 

@@ -24,7 +24,10 @@ ROUNDS = 60
 
 
 def _lines(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    """JSON lines, a metrics line's diagnostics merged into its top level."""
+    from fedpriv.privacy.release import flatten
+
+    return [flatten(json.loads(x)) for x in path.read_text().splitlines()] if path.exists() else []
 
 
 def _params(run_dir: Path) -> dict[str, np.ndarray]:

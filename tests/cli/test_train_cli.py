@@ -71,9 +71,15 @@ def test_bad_config_does_not_touch_an_earlier_run(tmp_path):
 
 
 def _metrics(run_dir: Path):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """The metrics lines with their diagnostics merged in, wall-clock time left out (the one
+    field that may differ between identical runs)."""
+    from fedpriv.privacy.release import flatten
+
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    rows = [flatten(json.loads(line)) for line in lines]
     for row in rows:
-        row.pop("seconds")  # wall-clock time is the one field that may differ
+        row.pop("seconds")
+        row["diagnostics"].pop("seconds")
     return rows
 
 
@@ -164,19 +170,20 @@ def test_default_run_is_private_and_reaches_90_percent(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["final"]["test_accuracy"] >= 0.90
-    assert summary["wall_seconds"] < 180
+    assert summary["diagnostics"]["wall_seconds"] < 180
     # The default calibrates user-level DP-FedAvg to epsilon 4 (one-sided) under RDP.
     assert summary["privacy"]["unit"] == "user" and summary["sampling"]["kind"] == "poisson"
     assert 3.9 < summary["epsilon"]["rdp"] <= 4.0
     assert summary["epsilon"]["pld"] <= summary["epsilon"]["rdp"]
     assert summary["delta"] < 1 / summary["population"]
-    stats = summary["data"]  # the population's statistics, as `fedpriv-data describe` prints
+    # The population's statistics, as `fedpriv-data describe` prints them (a diagnostic).
+    stats = summary["diagnostics"]["data"]
     assert stats["clients"] == summary["population"] == 1000
     assert stats["train_examples"] + stats["test_examples"] == 1797
     assert 1 <= stats["mean_classes_per_client"] <= 10 and 0 < stats["mean_tv_distance"] < 1
     last = proc.stdout.strip().splitlines()[-1]
     assert "test accuracy" in last and "epsilon 4.000" in last and "delta 1e-04" in last
-    assert str(tmp_path / "r") in last
+    assert str(tmp_path / "r") in last and "seeded noise" in last
 
 
 def test_noise_multiplier_on_the_command_line_replaces_the_target(tmp_path):
@@ -220,18 +227,28 @@ def test_target_epsilon_is_met_and_stop_at_epsilon_stops(tmp_path):
     assert summary["privacy"]["target_epsilon"] == 6
 
 
-def test_example_dp_batch_larger_than_client_data_is_rejected(tmp_path):
+@pytest.mark.parametrize(
+    "overrides, field, words",
+    [
+        ((), "privacy.example_sampling_rate", "declared rate"),
+        (("client.max_examples=4", "client.batch_size=5"), "client.batch_size", "max_examples"),
+    ],
+)
+def test_example_dp_needs_a_declared_rate(tmp_path, overrides, field, words):
+    """Example-level DP never derives its sampling rate from the loaded data (the smallest
+    client's size is private): without a declared rate or cap the run stops."""
     proc = run_cli(
         "fedpriv.train",
         *DEBUG,
         "privacy=example_dp",
-        "client.batch_size=500",
+        *overrides,
         f"hydra.run.dir={tmp_path / 'r'}",
     )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "client.batch_size" in lines[0] and "smallest client" in lines[0]
-    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"fedpriv: error: {field}:"), proc.stderr
+    assert words in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def _ledger(run_dir):
@@ -242,7 +259,7 @@ def _ledger(run_dir):
 @pytest.mark.parametrize("privacy", ["user_dp", "user_dp_adaptive", "example_dp"])
 def test_private_runs_write_one_ledger_line_per_round(tmp_path, privacy):
     run_dir = tmp_path / "r"
-    extra = ["client.batch_size=2"] if privacy == "example_dp" else []
+    extra = ["client.batch_size=2", "client.max_examples=4"] if privacy == "example_dp" else []
     proc = run_cli(
         "fedpriv.train",
         *DEBUG,
@@ -292,5 +309,35 @@ def test_shakespeare_trains_the_char_lstm_end_to_end(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
-    assert summary["population"] == 3 and summary["data"]["num_classes"] == 81
+    assert summary["population"] == 3 and summary["diagnostics"]["data"]["num_classes"] == 81
     assert 0.0 <= summary["final"]["test_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        # The README's example-level DP command, for 2 rounds.
+        "privacy=example_dp privacy.example_sampling_rate=0.5 client.batch_size=2 "
+        "sampling=fixed sampling.cohort_size=50",
+        # The README's run directory to share.
+        "privacy.noise_source=secure privacy.release=strict",
+    ],
+)
+def test_readme_privacy_commands(tmp_path, command):
+    run_dir = tmp_path / "r"
+    proc = run_cli(
+        "fedpriv.train",
+        *command.split(),
+        "rounds=2",
+        "progress=false",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "test accuracy" in last and summary["rounds"] == 2
+    if "secure" in command:
+        assert summary["noise_source"] == "secure" and summary["release"] == "strict"
+        assert "seeded noise" not in last and "diagnostics" not in summary
+    else:
+        assert summary["privacy"]["unit"] == "example" and "seeded noise" in last

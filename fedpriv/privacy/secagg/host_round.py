@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from fedpriv.fl.aggregators import Aggregator
-from fedpriv.fl.round import RoundInputs, ServerState, client_contribution
+from fedpriv.fl.round import RoundInputs, ServerState, client_contribution, split_round_key
 from fedpriv.privacy.secagg import protocol
 from fedpriv.privacy.secagg.fast import SecAggSpec
 
@@ -71,7 +71,7 @@ def make_protocol_round(
         return ServerState(params, opt_state, agg_state, state.round + 1), metrics
 
     def round_fn(state: ServerState, inputs: RoundInputs, key: jax.Array):
-        client_key, agg_key = jax.random.split(key)
+        client_key, agg_key, _ = split_round_key(key)
         (u, signed), weight, stats, loss, steps, finite = jax.device_get(
             encode_all(state.params, state.agg_state, inputs, client_key)
         )
