@@ -45,8 +45,8 @@ Privacy:
     A client's inclusion probability becomes ``q * p_i <= q`` (``p_i``: its probability of
     being available); the accountant uses ``q``, so diurnal and trace availability are
     accounted conservatively, with no amplification claimed for unavailability. The realised
-    participation is recorded in the ledger (``realised_cohort``: the survivors, ``dropped``)
-    for information only; it never enters the accounting.
+    participation is a diagnostic of the metrics (``sampled``, ``dropped``, ``participated``),
+    not part of the ledger; it never enters the accounting.
 
 References:
     Bonawitz et al. "Towards Federated Learning at Scale: System Design." MLSys 2019.
@@ -421,7 +421,7 @@ def build_edge(
     population: int,
     seed_key: jax.Array,
     user_dp: bool,
-    local_steps: int,
+    local_steps: int | None,
 ) -> EdgeSpec | None:
     """The round's :class:`EdgeSpec` from the ``availability``, ``compute`` and
     ``algorithm`` config groups (None when the round is the plain synchronous one).
@@ -431,16 +431,18 @@ def build_edge(
         population: number of clients N (trace ids must lie in ``[0, N)``).
         seed_key: a key derived from the run's seed (for the diurnal phases).
         user_dp: whether the run has user-level DP (FedNova's ``tau_eff`` must be public).
-        local_steps: the scan length ``E * ceil(n_cap / B)``: FedNova's default public
-            ``tau_eff`` under user-level DP.
+        local_steps: ``E * ceil(client.max_examples / B)`` when the cap is declared (None
+            otherwise): FedNova's default public ``tau_eff`` under user-level DP.
 
     Raises:
-        ConfigError: a trace that does not fit the population.
+        ConfigError: a trace that does not fit the population; FedNova under user-level DP
+            with neither ``algorithm.tau_eff`` nor ``client.max_examples``.
 
     Privacy:
-        See the module docstring; under user-level DP FedNova's ``tau_eff`` is
-        ``algorithm.tau_eff`` or ``local_steps``, constants of the configuration and of the
-        compiled program's shape.
+        See the module docstring; under user-level DP FedNova's ``tau_eff`` rescales the
+        released aggregate, so it is ``algorithm.tau_eff`` or ``local_steps``, constants of
+        the configuration: never the scan length of the largest client, which removing
+        that client changes.
     """
     av = _block(cfg, "availability")
     alg = _block(cfg, "algorithm")
@@ -467,6 +469,14 @@ def build_edge(
         normalize = fednova_norm(float(_block(cfg, "client").get("momentum") or 0.0))
         tau_eff = alg.get("tau_eff")
         if tau_eff is None and user_dp:
+            if local_steps is None:
+                raise ConfigError(
+                    "algorithm.tau_eff",
+                    "FedNova under user-level DP rescales the noised aggregate by tau_eff, "
+                    "which must be public: set algorithm.tau_eff, or client.max_examples "
+                    "(tau_eff is then client.epochs * ceil(client.max_examples / "
+                    "client.batch_size))",
+                )
             tau_eff = float(local_steps)
         tau_eff = None if tau_eff is None else float(tau_eff)
     if available is None and drop == 0.0 and normalize is None:

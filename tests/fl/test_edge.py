@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import jax
@@ -490,7 +491,11 @@ def test_fednova_momentum_norm_and_dp_tau_eff():
     spec = edge_lib.build_edge(
         cfg, population=20, seed_key=jax.random.key(0), user_dp=True, local_steps=7
     )
-    assert spec.tau_eff == 7.0  # public under DP: the scan length
+    assert spec.tau_eff == 7.0  # public under DP: from the declared cap
+    with pytest.raises(ConfigError, match="must be public"):
+        edge_lib.build_edge(
+            cfg, population=20, seed_key=jax.random.key(0), user_dp=True, local_steps=None
+        )
     spec = edge_lib.build_edge(
         cfg, population=20, seed_key=jax.random.key(0), user_dp=False, local_steps=7
     )
@@ -505,10 +510,13 @@ def test_fednova_under_dp_clips_the_normalised_update(tmp_path):
         *Z,
         "privacy.clip_norm=0.05",
         "client.epochs=3",
+        "client.max_examples=200",
         "rounds=2",
     )
     rows = runs.metrics(run_dir / "metrics.jsonl")
-    assert all(r["tau_eff"] == rows[0]["tau_eff"] > 1 for r in rows)
+    # 3 epochs of ceil(200 / B) steps for the declared cap, whatever the largest client holds.
+    batch = runs.compose(*runs.DEBUG)["client"]["batch_size"]
+    assert all(r["tau_eff"] == 3 * math.ceil(200 / batch) for r in rows)
     # Normalised (per-step) updates are what is clipped: their mean norm is a per-step norm.
     assert all(r["mean_update_norm_preclip"] < 1.0 for r in rows)
 
