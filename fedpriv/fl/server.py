@@ -51,12 +51,18 @@ def server_optimizer(
 
 
 def server_optimizer_from_config(alg: Mapping[str, Any]) -> optax.GradientTransformation:
-    """:func:`server_optimizer` for an ``algorithm`` config group (plain dict)."""
+    """:func:`server_optimizer` for an ``algorithm`` config group (plain dict); a missing or
+    null value takes the default (a zero momentum or beta stays zero)."""
+
+    def value(key: str, default: float) -> float:
+        v = alg.get(key)
+        return float(default if v is None else v)
+
     return server_optimizer(
         alg["name"],
         float(alg["server_lr"]),
-        float(alg.get("server_momentum") or 0.9),
-        float(alg.get("beta1") or 0.9),
-        float(alg.get("beta2") or 0.99),
-        float(alg.get("tau") or 1e-3),
+        value("server_momentum", 0.9),
+        value("beta1", 0.9),
+        value("beta2", 0.99),
+        value("tau", 1e-3),
     )

@@ -1,5 +1,6 @@
 import jax
 import jax.extend
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -193,3 +194,19 @@ def test_optax_chain_as_client_optimizer():
     batch = ClientBatch(*(a[0] for a in cohort(store, [0], 7)[:3]))
     out = jax.jit(cu)(params, batch, jax.random.key(0))
     assert np.isfinite(_flat(out.update)).all() and np.abs(_flat(out.update)).max() > 0
+
+
+def test_server_momentum_zero_is_plain_sgd():
+    """A zero server momentum is kept (not replaced by the 0.9 default)."""
+    from fedpriv.fl.server import server_optimizer_from_config
+
+    params = {"w": jnp.zeros(3)}
+    grad = {"w": jnp.ones(3)}
+    for momentum, second_step in ((0.0, -1.0), (None, -1.9)):
+        opt = server_optimizer_from_config(
+            {"name": "fedavgm", "server_lr": 1.0, "server_momentum": momentum}
+        )
+        state = opt.init(params)
+        _, state = opt.update(grad, state, params)
+        update, _ = opt.update(grad, state, params)
+        np.testing.assert_allclose(np.asarray(update["w"]), second_step, rtol=1e-6)
