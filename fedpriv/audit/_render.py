@@ -95,10 +95,29 @@ def accountant_rows(report: AuditReport) -> list[list[str]]:
                 _num(float(emp["epsilon_lower_bound"])),
                 "-",
                 "-",
-                f"estimate {_num(float(emp['epsilon_estimate']))}",
+                f"estimate {_num(_float(emp.get('epsilon_estimate')))}; refutes up to "
+                f"{_num(_float(emp.get('refutable_epsilon')))}",
             ]
         )
     return rows
+
+
+def _float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def power_line(report: AuditReport) -> str | None:
+    """What the canaries can refute, in one sentence (None without an empirical result)."""
+    from fedpriv.audit.empirical import power_sentence
+
+    emp = report.empirical
+    if emp is None or emp.get("refutable_epsilon") is None:
+        return None
+    return power_sentence(emp)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
 
 
 _ACC_HEADERS = (
@@ -125,6 +144,9 @@ def text_report(report: AuditReport) -> str:
         notes = _row_notes(report) + list(acc.notes)
         if report.empirical is not None:
             notes.append(f"empirical: {report.empirical.get('method')}")
+            power = power_line(report)
+            if power and report.empirical.get("can_refute") is not False:  # else a warning
+                notes.append(f"empirical: {power}")
         elif report.empirical_note:
             notes.append(f"empirical: {report.empirical_note}")
         for note in notes:
@@ -134,6 +156,7 @@ def text_report(report: AuditReport) -> str:
     lines += _table(("check", "result", "evidence"), rows)
     lines.append("")
     lines.append(report.verdict_line)
+    lines += [f"warning: {w}" for w in report.warnings]
     if acc is not None:
         lines.append(
             f"recomputed {acc.records} ledger records ({acc.groups} groups) in {acc.seconds:.2f} s"
@@ -166,6 +189,10 @@ def markdown_report(report: AuditReport, png_name: str | None) -> str:
         f"**{_md_escape(report.verdict_line)}**",
         "",
     ]
+    if report.warnings:
+        out += ["## Warnings", ""]
+        out += [f"- {_md_escape(w)}" for w in report.warnings]
+        out.append("")
     if report.accounting is not None and report.accounting.rows:
         out += ["## Accounting", ""]
         headers = [h or "agreement" for h in _ACC_HEADERS]
@@ -190,10 +217,13 @@ def markdown_report(report: AuditReport, png_name: str | None) -> str:
         out.append(
             f"Method: {emp.get('method')}; {emp.get('num_inserted')} inserted and "
             f"{emp.get('num_unseen')} unseen canaries; epsilon estimate "
-            f"{_num(float(emp['epsilon_estimate']))}, lower bound "
+            f"{_num(_float(emp.get('epsilon_estimate')))}, lower bound "
             f"{_num(float(emp['epsilon_lower_bound']))} at confidence {emp.get('confidence')}."
         )
         out.append("")
+        power = power_line(report)
+        if power:
+            out += [_md_escape(_sentence(power)), ""]
         if png_name:
             out += [f"![canary cosines]({png_name})", ""]
     elif report.empirical_note and report.dp_claimed:
@@ -219,6 +249,10 @@ def html_report(report: AuditReport, png: bytes | None) -> str:
         f"<p>{e(report.description)}</p>",
         f'<p style="color:{colour}"><strong>{e(report.verdict_line)}</strong></p>',
     ]
+    if report.warnings:
+        parts.append('<h2>Warnings</h2><ul class="warnings">')
+        parts += [f"<li>{e(w)}</li>" for w in report.warnings]
+        parts.append("</ul>")
     if report.accounting is not None and report.accounting.rows:
         parts.append("<h2>Accounting</h2><table><tr>")
         parts += [f"<th>{e(h or 'agreement')}</th>" for h in _ACC_HEADERS]
@@ -247,10 +281,13 @@ def html_report(report: AuditReport, png: bytes | None) -> str:
         parts.append(
             f"<p>Method: {e(str(emp.get('method')))}; {e(str(emp.get('num_inserted')))} "
             f"inserted and {e(str(emp.get('num_unseen')))} unseen canaries; epsilon estimate "
-            f"{e(_num(float(emp['epsilon_estimate'])))}, lower bound "
+            f"{e(_num(_float(emp.get('epsilon_estimate'))))}, lower bound "
             f"{e(_num(float(emp['epsilon_lower_bound'])))} at confidence "
             f"{e(str(emp.get('confidence')))}.</p>"
         )
+        power = power_line(report)
+        if power:
+            parts.append(f"<p>{e(_sentence(power))}</p>")
         if png:
             data = base64.b64encode(png).decode("ascii")
             parts.append(f'<img alt="canary cosine histograms" src="data:image/png;base64,{data}">')
@@ -289,7 +326,7 @@ def histogram_png(empirical: dict[str, Any], analytical: float | None = None) ->
                 ax.hist(inserted, bins=bins, alpha=0.6, label=f"inserted ({inserted.size})")
             ax.legend()
         title = (
-            f"canary cosines: epsilon estimate {_num(float(empirical['epsilon_estimate']))}, "
+            f"canary cosines: epsilon estimate {_num(_float(empirical.get('epsilon_estimate')))}, "
             f"lower bound {_num(float(empirical['epsilon_lower_bound']))}"
         )
         if analytical is not None:

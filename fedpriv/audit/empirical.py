@@ -19,6 +19,12 @@ come out of them:
 A lower bound above the analytical epsilon of the run's ledger means the mechanism leaks more
 than it claims (for example less noise was added than was accounted).
 
+The lower bound has a ceiling set by the number of canaries alone: even a membership test that
+is right on every canary of the bounding half cannot push the Clopper-Pearson bounds past
+:func:`refutable_epsilon` (about 3.69 for 300 inserted and 300 unseen canaries at confidence
+0.95). A claim above that ceiling cannot be refuted by the run's canaries whatever ran;
+:func:`canaries_needed` gives the number of canaries that lifts the ceiling above a claim.
+
 References:
     Andrew, Kairouz, Oh, Oprea, McMahan, Suriyakumar. "One-shot Empirical Privacy
     Estimation for Federated Learning." ICLR 2024, arXiv:2302.03098.
@@ -353,6 +359,258 @@ def membership_lower_bound(
     return LowerBound(max(value, 0.0), threshold, direction)
 
 
+# --- what the lower bound can refute ------------------------------------------------------------
+
+#: :func:`canaries_needed` reports claims that need more canaries than this as out of reach
+#: (None); the Clopper-Pearson bounds of such counts are also beyond float64 resolution.
+MAX_CANARIES = 10**9
+
+
+def bounding_counts(num_inserted: int, num_unseen: int) -> tuple[int, int]:
+    """How many inserted and unseen canaries :func:`membership_lower_bound` bounds on.
+
+    The bound is computed on the odd positions, ``n // 2`` of ``n`` canaries of each kind;
+    ``(0, 0)`` when fewer than two canaries of either kind exist (no bound is computed).
+    """
+    if num_inserted < 2 or num_unseen < 2:
+        return 0, 0
+    return num_inserted // 2, num_unseen // 2
+
+
+def refutable_epsilon(
+    num_inserted: int, num_unseen: int, delta: float, confidence: float = 0.95
+) -> float:
+    """The largest epsilon :func:`membership_lower_bound` can return for these canary counts.
+
+    On the bounding half (``n_1 = num_inserted // 2`` inserted, ``n_0 = num_unseen // 2``
+    unseen canaries) the bound of :func:`threshold_epsilons` grows with the true positives
+    and falls with the false positives, so it is largest when the test is right on every
+    canary: ``TP = n_1, FP = 0`` (or ``TN = n_0, FN = 0``). There the one-sided
+    Clopper-Pearson bounds at ``alpha = (1 - confidence) / 2`` are closed forms
+    (Clopper & Pearson 1934), ``TPR_low = alpha^(1/n_1)`` and ``FPR_high = 1 - alpha^(1/n_0)``,
+    so
+
+        ``eps_max = max(log((alpha^(1/n_1) - delta) / (1 - alpha^(1/n_0))),
+        log((alpha^(1/n_0) - delta) / (1 - alpha^(1/n_1))), 0)``.
+
+    With ``n_1 = n_0 = 150`` (300 canaries of each kind), ``delta = 1e-4`` and confidence 0.95
+    this is ``log(0.9757 / 0.0243) = 3.69``. A claim ``eps >= eps_max`` cannot be refuted by
+    these canaries whatever the run did: the audit's empirical check then says nothing.
+
+    Args:
+        num_inserted: inserted canaries (the run's ``canaries.count``).
+        num_unseen: canaries never inserted (``canaries.unseen``).
+        delta: the delta of the claim, in (0, 1).
+        confidence: the confidence of the bound, in (0, 1).
+
+    Returns:
+        ``eps_max >= 0``; 0 when fewer than two canaries of either kind exist.
+
+    Raises:
+        ValueError: delta or confidence outside (0, 1), or a negative count.
+
+    Privacy:
+        Arithmetic on public counts; it reads no private data.
+    """
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if num_inserted < 0 or num_unseen < 0:
+        raise ValueError(f"canary counts must be >= 0, got {num_inserted} and {num_unseen}")
+    n1, n0 = bounding_counts(int(num_inserted), int(num_unseen))
+    if n1 == 0:
+        return 0.0
+    alpha = (1.0 - confidence) / 2.0
+    # The same bound functions as threshold_epsilons, at a perfect test.
+    tpr_low = float(clopper_pearson_lower(n1, n1, alpha))
+    fpr_high = float(clopper_pearson_upper(0, n0, alpha))
+    tnr_low = float(clopper_pearson_lower(n0, n0, alpha))
+    fnr_high = float(clopper_pearson_upper(0, n1, alpha))
+    best = 0.0
+    for low, high in ((tpr_low, fpr_high), (tnr_low, fnr_high)):
+        if low > delta:
+            best = max(best, math.log(low - delta) - math.log(high))
+    return best
+
+
+def canaries_needed(epsilon: float, delta: float, confidence: float = 0.95) -> int | None:
+    """The fewest canaries whose lower bound can exceed ``epsilon``.
+
+    The count ``k`` is the run's ``canaries.count`` with ``canaries.unseen`` left at its
+    default (as many unseen as inserted): the smallest ``k`` with
+    ``refutable_epsilon(k, k, delta, confidence) > epsilon``. With ``m = k // 2`` canaries of
+    each kind in the bounding half and ``y = alpha^(1/m)`` (``alpha = (1 - confidence) / 2``)
+    the condition ``(y - delta) / (1 - y) > e^eps`` reads ``y > Y = (e^eps + delta) /
+    (e^eps + 1)``, that is ``m > log(alpha) / log(Y)``; the count is ``2 m`` for the smallest
+    such ``m`` (an odd count bounds on as many canaries as the even count below it). It grows
+    like ``2 log(1 / alpha) e^eps``: each unit of epsilon multiplies it by about ``e``.
+
+    Args:
+        epsilon: the claim, >= 0 (``inf``: no count suffices).
+        delta: the delta of the claim, in (0, 1).
+        confidence: the confidence of the bound, in (0, 1).
+
+    Returns:
+        The count, or None when it is infinite or above :data:`MAX_CANARIES`.
+
+    Raises:
+        ValueError: a negative or NaN epsilon, delta or confidence outside (0, 1).
+
+    Privacy:
+        Arithmetic on public parameters; it reads no private data.
+    """
+    if math.isnan(epsilon) or epsilon < 0:
+        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if math.isinf(epsilon):
+        return None
+    alpha = (1.0 - confidence) / 2.0
+    # log Y = log(1 - (1 - delta) / (e^eps + 1)), without overflowing e^eps.
+    log_y = math.log1p(-(1.0 - delta) * math.exp(-epsilon) / (1.0 + math.exp(-epsilon)))
+    m = math.floor(math.log(alpha) / log_y) + 1
+    if m > MAX_CANARIES // 2:
+        return None
+
+    def enough(half: int) -> bool:
+        return half >= 1 and refutable_epsilon(2 * half, 2 * half, delta, confidence) > epsilon
+
+    # The closed form can be off by one where rounding meets the boundary.
+    m = max(m, 1)
+    while enough(m - 1):
+        m -= 1
+    while not enough(m):
+        m += 1
+    count = 2 * m
+    return count if count <= MAX_CANARIES else None
+
+
+class Power(NamedTuple):
+    """What the canaries of a run can refute.
+
+    Attributes:
+        refutable_epsilon: :func:`refutable_epsilon` of the run's counts.
+        bounding_inserted: inserted canaries in the bounding half.
+        bounding_unseen: unseen canaries in the bounding half.
+        epsilon: the epsilon tested (None when none was given).
+        can_refute: whether ``epsilon < refutable_epsilon`` (None without an epsilon).
+        canaries_needed: :func:`canaries_needed` of ``epsilon`` (None without an epsilon,
+            for an infinite one, or beyond :data:`MAX_CANARIES`).
+    """
+
+    refutable_epsilon: float
+    bounding_inserted: int
+    bounding_unseen: int
+    epsilon: float | None
+    can_refute: bool | None
+    canaries_needed: int | None
+
+
+def audit_power(
+    num_inserted: int,
+    num_unseen: int,
+    delta: float,
+    confidence: float = 0.95,
+    epsilon: float | None = None,
+) -> Power:
+    """:func:`refutable_epsilon` of a run's canaries and, given a claim, whether they reach it.
+
+    Args:
+        num_inserted: inserted canaries.
+        num_unseen: canaries never inserted.
+        delta: the delta of the claim, in (0, 1).
+        confidence: the confidence of the bound, in (0, 1).
+        epsilon: the epsilon to test, or None.
+
+    Returns:
+        A :class:`Power`.
+
+    Privacy:
+        Arithmetic on public counts; it reads no private data.
+    """
+    top = refutable_epsilon(num_inserted, num_unseen, delta, confidence)
+    n1, n0 = bounding_counts(num_inserted, num_unseen)
+    if epsilon is None:
+        return Power(top, n1, n0, None, None, None)
+    eps = float(epsilon)
+    needed = None if math.isnan(eps) or eps < 0 else canaries_needed(eps, delta, confidence)
+    return Power(top, n1, n0, eps, bool(eps < top), needed)
+
+
+def empirical_warnings(result: dict[str, Any], claimed_epsilon: float | None) -> list[str]:
+    """Warnings about an :func:`empirical_audit` result against the run's claimed epsilon.
+
+    * The canaries cannot refute the epsilon tested (``can_refute`` false): the empirical
+      check is inconclusive, and the warning says how many canaries would do.
+    * The epsilon estimate exceeds the claim. The estimate is not a bound: for a finite run it
+      falls on either side of the true epsilon with a spread that shrinks only as the canary
+      count grows (Andrew et al. 2023, Sec. 4), so it cannot fail a claim with a stated error
+      probability; but it is what a run with less noise than its ledger states looks like.
+
+    Args:
+        result: the empirical audit (:func:`empirical_audit`, given the epsilon to test).
+        claimed_epsilon: the run's claimed epsilon, or None.
+
+    Returns:
+        The warnings, each one sentence.
+    """
+    out = []
+    if result.get("can_refute") is False:
+        out.append(power_sentence(result))
+    estimate = result.get("epsilon_estimate")
+    if (
+        estimate is not None
+        and claimed_epsilon is not None
+        and math.isfinite(claimed_epsilon)
+        and estimate > claimed_epsilon
+    ):
+        out.append(
+            f"the empirical epsilon estimate {_fmt(estimate)} exceeds the claimed epsilon "
+            f"{_fmt(claimed_epsilon)}: the estimate is not a bound, so this fails nothing, but "
+            "it is what a run with less noise than its ledger states looks like; rerun with "
+            "more canaries for a lower bound that can decide"
+        )
+    return out
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.4g}"
+
+
+def power_sentence(result: dict[str, Any]) -> str:
+    """One sentence: what the canaries of an :func:`empirical_audit` result can refute."""
+    top = result.get("refutable_epsilon")
+    conf = result.get("confidence")
+    ins, uns = result.get("num_inserted"), result.get("num_unseen")
+    head = (
+        f"this audit can refute claims up to epsilon {_fmt(top)} at confidence {conf:g} "
+        f"({ins} inserted and {uns} unseen canaries, bounded on {result.get('bounding_inserted')}"
+        f" + {result.get('bounding_unseen')})"
+    )
+    eps = result.get("epsilon_tested")
+    if eps is None or result.get("can_refute") is None:
+        return head
+    needed = result.get("canaries_needed")
+    need = (
+        f"refuting {_fmt(eps)} needs canaries.count={needed}"
+        if needed is not None
+        else f"no feasible canary count refutes {_fmt(eps)}"
+    )
+    if result["can_refute"]:
+        return f"{head}; the tightest analytical epsilon {_fmt(eps)} is within reach ({need})"
+    return (
+        f"{head}; the tightest analytical epsilon {_fmt(eps)} is above it, so these canaries "
+        f"could not have refuted it whatever ran; {need}"
+    )
+
+
 # --- the estimate -------------------------------------------------------------------------------
 
 
@@ -430,20 +688,25 @@ def read_canaries(run_dir: Path) -> dict | None:
     return record
 
 
-def empirical_audit(run_dir: Path, delta: float, confidence: float = 0.95) -> dict | None:
+def empirical_audit(
+    run_dir: Path, delta: float, confidence: float = 0.95, epsilon: float | None = None
+) -> dict | None:
     """The empirical privacy audit of a run directory with canaries.
 
     Args:
         run_dir: the run directory.
         delta: the delta of the run's claim (``summary.json``'s ``delta``).
         confidence: confidence level of the lower bound.
+        epsilon: the analytical epsilon the lower bound is tested against, or None.
 
     Returns:
         None when the run has no ``canaries.json``; otherwise a dict with
         ``epsilon_estimate`` (:func:`gaussian_fit_epsilon`, None when it cannot be fitted),
         ``epsilon_lower_bound`` (:func:`membership_lower_bound`), ``confidence``, ``delta``,
         ``method``, ``inserted_cosines``, ``unseen_cosines``, ``num_inserted``,
-        ``num_unseen``.
+        ``num_unseen``, and what the canaries can refute (:func:`audit_power`):
+        ``refutable_epsilon``, ``bounding_inserted``, ``bounding_unseen``, and with an
+        ``epsilon`` also ``epsilon_tested``, ``can_refute`` and ``canaries_needed``.
 
     Raises:
         ConfigError: a bad or cut-short ``canaries.json`` (naming it), or delta or
@@ -464,6 +727,14 @@ def empirical_audit(run_dir: Path, delta: float, confidence: float = 0.95) -> di
         return None
     ins, uns = record["inserted_cosines"], record["unseen_cosines"]
     bound = membership_lower_bound(ins, uns, float(delta), float(confidence))
+    power = audit_power(len(ins), len(uns), float(delta), float(confidence), epsilon)
+    tested = {}
+    if epsilon is not None:
+        tested = {
+            "epsilon_tested": power.epsilon,
+            "can_refute": power.can_refute,
+            "canaries_needed": power.canaries_needed,
+        }
     return {
         "epsilon_estimate": gaussian_fit_epsilon(ins, uns, float(delta)),
         "epsilon_lower_bound": bound.epsilon,
@@ -474,4 +745,8 @@ def empirical_audit(run_dir: Path, delta: float, confidence: float = 0.95) -> di
         "unseen_cosines": uns,
         "num_inserted": len(ins),
         "num_unseen": len(uns),
+        "refutable_epsilon": power.refutable_epsilon,
+        "bounding_inserted": power.bounding_inserted,
+        "bounding_unseen": power.bounding_unseen,
+        **tested,
     }

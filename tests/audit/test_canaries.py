@@ -256,11 +256,22 @@ def test_honest_runs_stay_below_the_analytical_epsilon(tmp_path):
         estimates.append(audit["epsilon_estimate"])
     assert estimates[0] > estimates[1] > estimates[2] > 0, estimates
 
-    # The whole audit of such a run passes, shows the empirical epsilon and draws the
-    # canary cosine histograms.
-    report = audit_run(tmp_path / "1.0")
+    # 200 + 200 canaries refute claims up to about 3.28 at confidence 0.95: the claim of the
+    # run with z = 4 is within reach, and its audit passes.
+    report = audit_run(tmp_path / "4.0")
     check = next(c for c in report.checks if c.name == "empirical")
     assert check.status == "pass" and report.verdict == "PASS", report.failed
+    assert check.evidence["can_refute"] and check.evidence["refutable_epsilon"] < 3.3
+    # The claim of the run with z = 1 is above it: the check is inconclusive, not a pass,
+    # and the verdict and a warning say so.
+    weak = audit_run(tmp_path / "1.0")
+    weak_check = next(c for c in weak.checks if c.name == "empirical")
+    assert weak_check.status == "n/a" and weak_check.detail.startswith("inconclusive")
+    assert weak.verdict == "PASS" and "could not have refuted" in weak.verdict_line
+    needed = weak_check.evidence["canaries_needed"]
+    assert needed > 400 and f"canaries.count={needed}" in " ".join(weak.warnings)
+
+    # The whole audit shows the empirical epsilon and draws the canary cosine histograms.
     written = {p.name for p in write_reports(report, tmp_path / "out")}
     assert written == {"audit.json", "audit.md", "audit.html", "audit.png"}
     assert (tmp_path / "out" / "audit.png").read_bytes().startswith(b"\x89PNG")

@@ -12,6 +12,7 @@ from fedpriv.audit.empirical import (
     clopper_pearson_lower,
     clopper_pearson_upper,
     empirical_audit,
+    empirical_warnings,
     gaussian_fit_epsilon,
     gaussian_pair_delta,
     gaussian_pair_epsilon,
@@ -212,6 +213,41 @@ def test_empirical_audit_reads_the_run_directory(tmp_path):
     assert 1.0 < out["epsilon_lower_bound"] < true_eps
     assert out["epsilon_estimate"] == pytest.approx(true_eps, rel=0.5)
     json.dumps(out)  # plain JSON types
+
+
+def test_empirical_audit_states_what_it_can_refute(tmp_path):
+    # The README's run: 300 inserted and 300 unseen canaries at delta 1e-4; the bound is
+    # computed on 150 + 150 of them, so it cannot pass ln(0.9757 / 0.0243) = 3.69.
+    inserted, unseen = _gaussian_mechanism_samples(1.4, 300, 8)
+    _write(tmp_path, inserted / 100, unseen / 100)
+    plain = empirical_audit(tmp_path, 1e-4)
+    assert plain["bounding_inserted"] == plain["bounding_unseen"] == 150
+    assert plain["refutable_epsilon"] == pytest.approx(math.log(0.9757 / 0.0243), abs=5e-3)
+    assert plain["epsilon_lower_bound"] <= plain["refutable_epsilon"]
+    assert "can_refute" not in plain and "canaries_needed" not in plain
+    within = empirical_audit(tmp_path, 1e-4, epsilon=2.79)
+    assert within["epsilon_tested"] == 2.79 and within["can_refute"] is True
+    assert within["canaries_needed"] <= 300
+    above = empirical_audit(tmp_path, 1e-4, epsilon=5.8)
+    assert above["can_refute"] is False and above["canaries_needed"] > 300
+    assert empirical_audit(tmp_path, 1e-4, epsilon=math.inf)["canaries_needed"] is None
+    json.dumps(above)
+
+
+def test_empirical_warnings_name_the_reach_and_an_estimate_above_the_claim(tmp_path):
+    # A Gaussian mechanism with mu = 1.4 (epsilon about 5.7 at delta 1e-4), audited against
+    # a claim of 2.79: the estimate sees it, the lower bound of 300 canaries does not.
+    inserted, unseen = _gaussian_mechanism_samples(1.4, 300, 8)
+    _write(tmp_path, inserted / 100, unseen / 100)
+    result = empirical_audit(tmp_path, 1e-4, epsilon=2.79)
+    assert result["epsilon_lower_bound"] < 2.79 < result["epsilon_estimate"]
+    (warning,) = empirical_warnings(result, 2.79)
+    assert warning.startswith("the empirical epsilon estimate") and "not a bound" in warning
+    above = empirical_audit(tmp_path, 1e-4, epsilon=20.0)
+    warnings = empirical_warnings(above, 20.0)
+    assert len(warnings) == 1 and "could not have refuted it" in warnings[0]
+    assert "no feasible canary count" in warnings[0]
+    assert empirical_warnings(result, None) == []
 
 
 @pytest.mark.parametrize(
