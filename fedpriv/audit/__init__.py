@@ -2,8 +2,11 @@
 
 ``fedpriv-audit RUN_DIR`` recomputes epsilon from the run's ledger with independent
 accountants (:func:`accounting_audit`), checks that what ran matches what was accounted
-(:func:`consistency_audit`) and, for runs with canaries, compares an empirical lower bound with
-the analytical epsilon. :func:`audit_run` does all three and returns an :class:`AuditReport`.
+(:func:`consistency_audit`), replays the last round with an independent reference and tests
+the released noise (:func:`check_noise_replay`) and, for runs with canaries, compares an
+empirical lower bound with the analytical epsilon and states what the canaries can refute
+(:func:`refutable_epsilon`, :func:`canaries_needed`). :func:`audit_run` does all of it and
+returns an :class:`AuditReport`.
 
 >>> from fedpriv.audit import analytic_gaussian_epsilon
 >>> round(analytic_gaussian_epsilon(2.0, 1e-5), 3)
@@ -21,7 +24,8 @@ from fedpriv.audit.accounting import (
     recompute,
 )
 from fedpriv.audit.consistency import Check, consistency_audit
-from fedpriv.audit.empirical import empirical_audit
+from fedpriv.audit.empirical import canaries_needed, empirical_audit, refutable_epsilon
+from fedpriv.audit.replay import check_noise_replay, residual_tests
 from fedpriv.audit.verdict import AuditReport, audit_run
 
 __all__ = [
@@ -34,9 +38,13 @@ __all__ = [
     "accounting_audit",
     "analytic_gaussian_epsilon",
     "audit_run",
+    "canaries_needed",
+    "check_noise_replay",
     "consistency_audit",
     "empirical_audit",
     "group_rounds",
     "read_run",
     "recompute",
+    "refutable_epsilon",
+    "residual_tests",
 ]

@@ -31,7 +31,11 @@ check                  assumption (DESIGN.md section 4)
 ``accountant_bounds``  the accountants agree within their error bounds, and with the closed
                        form where there is one
 ``empirical``          the empirical lower bound from canaries does not exceed the
-                       analytical epsilon
+                       analytical epsilon; ``n/a`` (inconclusive) when the canaries are too
+                       few to refute it whatever ran
+``noise_replay``       the last round replayed by an independent reference: the released
+                       noise has the claimed distribution (:mod:`fedpriv.audit.replay`;
+                       added by :func:`fedpriv.audit.audit_run`)
 =====================  ===================================================================
 
 References:
@@ -60,6 +64,7 @@ from fedpriv.audit.accounting import (
     AccountingAudit,
     reported_tolerance,
 )
+from fedpriv.audit.empirical import audit_power
 
 PASS, FAIL, NA = "pass", "fail", "n/a"
 #: Relative tolerance between two records of one float32 quantity (clip norms, noise std).
@@ -756,7 +761,9 @@ def check_delta(run: RunFiles, delta: float | None, delta_source: str = "") -> C
     unit = run.events[0].unit
     evidence: dict[str, Any] = {"delta": delta, "delta_source": delta_source, "unit": unit}
     if unit == "example":
-        pop = run.summary_get("data.train_examples")
+        pop = run.summary_get("diagnostics.data.train_examples") or run.summary_get(
+            "data.train_examples"
+        )
         what = "training examples, example-level DP"
         if pop is None:
             return Check(
@@ -1043,10 +1050,31 @@ def check_accountant_bounds(acc: AccountingAudit) -> Check:
 # --------------------------------------------------------------------------- empirical
 
 
+def audited_epsilon(acc: AccountingAudit | None) -> float | None:
+    """The epsilon the empirical lower bound is tested against: the smaller of the claim and
+    every finite recomputation (the tightest valid analysis of what the ledger records).
+
+    None without a claimed epsilon.
+    """
+    if acc is None or acc.claimed_epsilon is None:
+        return None
+    finite = [v for v in acc.recomputed().values() if math.isfinite(v)]
+    return min([float(acc.claimed_epsilon), *finite])
+
+
 def check_empirical(
     empirical: Mapping[str, Any] | None, acc: AccountingAudit | None, reason: str = ""
 ) -> Check:
     """The empirical lower bound on epsilon (canaries) does not exceed the analytical epsilon.
+
+    The check can only fail when the canaries could refute the epsilon tested
+    (:func:`audited_epsilon`): the lower bound never exceeds
+    :func:`fedpriv.audit.empirical.refutable_epsilon` of the run's canary counts, whatever
+    ran. When the tested epsilon is at or above that ceiling the status is ``n/a``
+    (inconclusive), not ``pass``: a pass is evidence only if a failure was possible, and an
+    ``n/a`` keeps the verdict resting on the checks that could have failed. The detail says
+    how far the canaries reach and how many a claim needs
+    (:func:`fedpriv.audit.empirical.canaries_needed`); the verdict line repeats it.
 
     Privacy:
         A lower bound above a proven upper bound means the analysis does not describe the
@@ -1058,6 +1086,14 @@ def check_empirical(
     lower = float(empirical["epsilon_lower_bound"])
     claimed = acc.claimed_epsilon if acc is not None else None
     finite = [v for v in (acc.recomputed().values() if acc else ()) if math.isfinite(v)]
+    tested = audited_epsilon(acc)
+    power = audit_power(
+        int(empirical["num_inserted"]),
+        int(empirical["num_unseen"]),
+        float(empirical["delta"]),
+        float(empirical["confidence"]),
+        tested,
+    )
     evidence = {
         "epsilon_lower_bound": lower,
         "epsilon_estimate": empirical.get("epsilon_estimate"),
@@ -1065,9 +1101,28 @@ def check_empirical(
         "method": empirical.get("method"),
         "analytical_epsilon": claimed,
         "smallest_recomputed_epsilon": min(finite) if finite else None,
+        "refutable_epsilon": power.refutable_epsilon,
+        "epsilon_tested": tested,
+        "can_refute": power.can_refute,
+        "canaries_needed": power.canaries_needed,
     }
     if claimed is None:
         return Check(name, title, NA, "no analytical epsilon to compare", evidence)
+    reach = (
+        f"these {empirical['num_inserted']} + {empirical['num_unseen']} canaries can refute "
+        f"epsilon up to {_g(power.refutable_epsilon)} at confidence {_g(empirical['confidence'])}"
+    )
+    if power.canaries_needed is not None:
+        need = f"refuting {_g(tested)} needs canaries.count={power.canaries_needed}"
+    else:
+        need = f"no feasible canary count refutes {_g(tested)}"
+    if not power.can_refute:
+        detail = (
+            f"inconclusive: {reach}, and the tightest analytical epsilon {_g(tested)} is above "
+            f"it, so no outcome could have failed this check (lower bound {_g(lower)}, estimate "
+            f"{_g(empirical.get('epsilon_estimate'))}); {need}"
+        )
+        return Check(name, title, NA, detail, evidence)
     problems = []
     if lower > claimed * (1 + 1e-9):
         problems.append(
@@ -1078,7 +1133,7 @@ def check_empirical(
             f"the empirical lower bound {_g(lower)} exceeds the recomputed epsilon "
             f"{_g(min(finite))}"
         )
-    passed = f"lower bound {_g(lower)} <= analytical epsilon {_g(claimed)}"
+    passed = f"lower bound {_g(lower)} <= analytical epsilon {_g(claimed)}; {reach}"
     return _outcome(name, title, problems, passed, evidence)
 
 

@@ -5,6 +5,11 @@
 (:mod:`fedpriv.audit.consistency`) and, when the run inserted canaries, the empirical audit
 (``fedpriv.audit.empirical``). The verdict is ``PASS`` when no check fails, ``FAIL``
 otherwise, and ``NO DP`` for a run that claims no differential privacy.
+
+Warnings come beside the verdict and never change the exit status: what the canaries could
+not have refuted, an epsilon estimate above the claim (:mod:`fedpriv.audit.empirical`), and
+what the run directory discloses beyond its epsilon (:mod:`fedpriv.audit.disclosure`: seeded
+noise, diagnostics).
 """
 
 from __future__ import annotations
@@ -17,7 +22,16 @@ from typing import Any
 
 from fedpriv.audit._files import RunFiles, read_run
 from fedpriv.audit.accounting import AccountingAudit, accounting_audit
-from fedpriv.audit.consistency import FAIL, Check, check_rounds, consistency_audit
+from fedpriv.audit.consistency import (
+    FAIL,
+    NA,
+    Check,
+    audited_epsilon,
+    check_rounds,
+    consistency_audit,
+)
+from fedpriv.audit.disclosure import disclosure_warnings
+from fedpriv.audit.replay import check_noise_replay
 
 #: Format of ``audit.json``.
 AUDIT_FORMAT = 1
@@ -40,6 +54,8 @@ class AuditReport:
         empirical: The empirical audit's result, or None.
         empirical_note: Why there is no empirical result.
         seconds: Time the audit took.
+        warnings: Findings that do not fail the audit but qualify its verdict or the run
+            directory (one sentence each; they never change the exit status).
     """
 
     run_dir: Path
@@ -50,6 +66,7 @@ class AuditReport:
     empirical: dict[str, Any] | None
     empirical_note: str
     seconds: float
+    warnings: tuple[str, ...] = ()
 
     @property
     def failed(self) -> list[Check]:
@@ -84,7 +101,18 @@ class AuditReport:
         if self.failed:
             names = ", ".join(c.name for c in self.failed)
             return f"FAIL: the run's privacy claim{claim} is not supported: failed {names}"
-        return f"PASS: the run's privacy claim{claim} is consistent with what ran"
+        return f"PASS: the run's privacy claim{claim} is consistent with what ran{self._reach()}"
+
+    def _reach(self) -> str:
+        """The verdict's qualifier when the canaries could not have refuted the claim."""
+        check = next((c for c in self.checks if c.name == "empirical"), None)
+        if check is None or check.status != NA or check.evidence.get("can_refute") is not False:
+            return ""
+        top = check.evidence.get("refutable_epsilon")
+        needed = check.evidence.get("canaries_needed")
+        need = f", canaries.count={needed} could" if needed is not None else ""
+        reach = f"they refute epsilon up to {top:.4g}{need}"
+        return f"; the canaries could not have refuted it ({reach})"
 
     def to_dict(self) -> dict[str, Any]:
         """The machine-readable report (``audit.json``)."""
@@ -100,6 +128,7 @@ class AuditReport:
             "checks": [c.to_dict() for c in self.checks],
             "empirical": _empirical_json(self.empirical),
             "empirical_note": self.empirical_note,
+            "warnings": list(self.warnings),
             "seconds": round(self.seconds, 3),
         }
 
@@ -161,17 +190,34 @@ def describe(run: RunFiles, acc: AccountingAudit | None) -> str:
 
 
 def empirical_result(
-    run_dir: Path, delta: float | None, confidence: float
+    run_dir: Path, delta: float | None, confidence: float, epsilon: float | None = None
 ) -> tuple[dict[str, Any] | None, str]:
-    """The empirical audit's result, or None and the reason there is none."""
+    """The empirical audit's result, or None and the reason there is none.
+
+    ``epsilon`` is the analytical epsilon the lower bound is tested against
+    (:func:`fedpriv.audit.consistency.audited_epsilon`); with it the result says whether the
+    canaries can refute it and how many would.
+    """
     if delta is None:
         return None, "the run's delta is unknown"
     from fedpriv.audit.empirical import empirical_audit
 
-    result = empirical_audit(Path(run_dir), delta, confidence)
+    result = empirical_audit(Path(run_dir), delta, confidence, epsilon)
     if result is None:
         return None, "no canaries in this run (no canaries.json)"
     return dict(result), ""
+
+
+def run_warnings(
+    run: RunFiles, acc: AccountingAudit | None, empirical: dict[str, Any] | None
+) -> list[str]:
+    """The warnings of a run with a DP claim: the empirical audit's, then the disclosure ones."""
+    from fedpriv.audit.empirical import empirical_warnings
+
+    out = []
+    if empirical is not None:
+        out += empirical_warnings(empirical, acc.claimed_epsilon if acc is not None else None)
+    return out + disclosure_warnings(run)
 
 
 def audit_run(run_dir: str | Path, confidence: float = 0.95) -> AuditReport:
@@ -182,7 +228,8 @@ def audit_run(run_dir: str | Path, confidence: float = 0.95) -> AuditReport:
         confidence: Confidence level of the empirical lower bound (runs with canaries).
 
     Returns:
-        The report; :attr:`AuditReport.exit_status` is 1 if a check failed.
+        The report; :attr:`AuditReport.exit_status` is 1 if a check failed. Its
+        :attr:`AuditReport.warnings` (:func:`run_warnings`) never change the exit status.
 
     Raises:
         ConfigError: a file of the run directory is missing, unreadable or malformed.
@@ -201,11 +248,11 @@ def audit_run(run_dir: str | Path, confidence: float = 0.95) -> AuditReport:
             time.perf_counter() - start,
         )
     acc = accounting_audit(run)
-    empirical, note = empirical_result(run.path, acc.delta, confidence)
+    empirical, note = empirical_result(run.path, acc.delta, confidence, audited_epsilon(acc))
     if run.ledger is None:
         checks = [check_rounds(run, dp_claimed=True)]
     else:
-        checks = consistency_audit(run, acc, empirical, note)
+        checks = [*consistency_audit(run, acc, empirical, note), check_noise_replay(run)]
     return AuditReport(
         run.path,
         True,
@@ -215,4 +262,5 @@ def audit_run(run_dir: str | Path, confidence: float = 0.95) -> AuditReport:
         empirical,
         note,
         time.perf_counter() - start,
+        warnings=tuple(run_warnings(run, acc, empirical)),
     )

@@ -238,40 +238,72 @@ class Checkpointer:
         if found is None:
             return None
         step_dir, meta = found
-        import orbax.checkpoint as ocp
-
-        expected = describe(template)
-        state_dir = step_dir / "state"
-        if meta["leaves"] != expected:
-            raise ConfigError(str(state_dir), _mismatch(meta["leaves"], expected))
-        if not state_dir.is_dir():
-            raise ConfigError(str(state_dir), f"is missing{_older(step_dir)}")
-        try:
-            with warnings.catch_warnings():  # arrays are placed like ``template`` below
-                warnings.simplefilter("ignore")
-                restored = ocp.PyTreeCheckpointer().restore(state_dir.resolve())
-        except Exception as err:  # noqa: BLE001 - any read failure is a bad checkpoint
-            raise ConfigError(
-                str(state_dir), f"cannot be read ({_one_line(err)}){_older(step_dir)}"
-            ) from None
-        if not isinstance(restored, Mapping):
-            raise ConfigError(str(state_dir), "does not hold a flat mapping of arrays")
-        got = {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in dict(restored).items()}
-        if got != expected:
-            raise ConfigError(str(state_dir), _mismatch(got, expected))
-        leaves, treedef = jax.tree.flatten(template)
-        names = list(flatten(template))
-        values = []
-        for name, like in zip(names, leaves):
-            value = np.asarray(restored[name])
-            sharding = getattr(like, "sharding", None)
-            values.append(jax.device_put(value, sharding) if sharding is not None else value)
-        return jax.tree.unflatten(treedef, values), meta
+        return _read_state(step_dir, meta, template), meta
 
     def close(self) -> None:
         if self._manager is not None:
             self._manager.close()
             self._manager = None
+
+
+def restore_step(
+    run_dir: str | os.PathLike, step: int, template: PyTree
+) -> tuple[PyTree, dict[str, Any]]:
+    """Reads checkpoint ``step`` of ``run_dir`` into the structure of ``template``; writes
+    nothing (no checkpoint manager is opened, so no directory is created or cleaned up).
+
+    Args:
+        run_dir: the run directory.
+        step: the round of the checkpoint (``run_dir/checkpoints/<step>/``).
+        template: a tree whose leaf names (:func:`leaf_name` of their paths), shapes and
+            dtypes are those of the stored state; any pytree with the same names will do,
+            e.g. a dict with the fields of :class:`~fedpriv.fl.round.ServerState` as keys.
+
+    Returns:
+        ``(state, meta)``.
+
+    Raises:
+        ConfigError: naming the checkpoint file or directory that is missing, unreadable,
+            or does not fit ``template``.
+    """
+    step_dir = Path(run_dir) / CHECKPOINT_DIR / str(int(step))
+    if not step_dir.is_dir():
+        raise ConfigError(str(step_dir), "is missing; the run kept no checkpoint of that round")
+    meta = read_meta(step_dir)
+    return _read_state(step_dir, meta, template), meta
+
+
+def _read_state(step_dir: Path, meta: Mapping[str, Any], template: PyTree) -> PyTree:
+    """The arrays of checkpoint ``step_dir`` (metadata ``meta``) in ``template``'s structure."""
+    import orbax.checkpoint as ocp
+
+    expected = describe(template)
+    state_dir = step_dir / "state"
+    if meta["leaves"] != expected:
+        raise ConfigError(str(state_dir), _mismatch(meta["leaves"], expected))
+    if not state_dir.is_dir():
+        raise ConfigError(str(state_dir), f"is missing{_older(step_dir)}")
+    try:
+        with warnings.catch_warnings():  # arrays are placed like ``template`` below
+            warnings.simplefilter("ignore")
+            restored = ocp.PyTreeCheckpointer().restore(state_dir.resolve())
+    except Exception as err:  # noqa: BLE001 - any read failure is a bad checkpoint
+        raise ConfigError(
+            str(state_dir), f"cannot be read ({_one_line(err)}){_older(step_dir)}"
+        ) from None
+    if not isinstance(restored, Mapping):
+        raise ConfigError(str(state_dir), "does not hold a flat mapping of arrays")
+    got = {k: [list(np.shape(v)), str(np.asarray(v).dtype)] for k, v in dict(restored).items()}
+    if got != expected:
+        raise ConfigError(str(state_dir), _mismatch(got, expected))
+    leaves, treedef = jax.tree.flatten(template)
+    names = list(flatten(template))
+    values = []
+    for name, like in zip(names, leaves):
+        value = np.asarray(restored[name])
+        sharding = getattr(like, "sharding", None)
+        values.append(jax.device_put(value, sharding) if sharding is not None else value)
+    return jax.tree.unflatten(treedef, values)
 
 
 def _mismatch(got: Mapping[str, list], expected: Mapping[str, list]) -> str:
