@@ -34,8 +34,8 @@ def one_run(run_dir: Path, overrides: list[str], cache: Path | None) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     return {
         "process_seconds": round(process, 3),
-        "wall_seconds": summary["wall_seconds"],
-        "compile_seconds": summary["compile_seconds"],
+        "wall_seconds": summary["diagnostics"]["wall_seconds"],
+        "compile_seconds": summary["diagnostics"]["compile_seconds"],
         "accuracy": summary["final"].get("test_accuracy"),
     }
 

@@ -10,14 +10,15 @@ Format 1 of a record::
     {"format": 1, "round": 7, "mechanism": "gaussian", "unit": "user",
      "sampling": "poisson", "sampling_rate": 0.01, "population": 1000, "cohort_size": 10,
      "noise_multiplier": 1.1, "clip_norm": 1.0, "noise_std": 1.1, "steps": 1,
-     "example_sampling_rate": null, "realised_cohort": 9}
+     "example_sampling_rate": null}
 
 ``noise_multiplier`` is the standard deviation of the Gaussian noise divided by the L2 norm
 bound (clip) of one contribution, i.e. by the add/remove-one sensitivity of the noised sum.
-``realised_cohort`` is informational and never used for accounting: with Poisson sampling the
-realised cohort size is itself private. ``dropped`` (optional) counts the sampled clients
-that did not report (availability models, :mod:`fedpriv.fl.edge`; ``realised_cohort`` then
-counts the survivors); it is informational too, and never used for accounting.
+``realised_cohort`` and ``dropped`` (optional) are informational and never used for
+accounting. fedpriv no longer writes them (a ledger holds public values only, and with Poisson
+sampling the realised cohort size is itself private: it is a diagnostic of ``metrics.jsonl``);
+ledgers of older runs may hold them, and the audit fills them in from the metrics'
+diagnostics.
 
 With adaptive clipping (Andrew et al. 2021) a record also holds ``count_noise_std``
 (``sigma_b``, the noise on the sum of centred clip indicators ``b_i - 1/2``); then

@@ -721,7 +721,7 @@ def ledger_record(exp: FedBuffExperiment, step: int, metrics: Mapping[str, Any])
 
     The plan's record, with the sampling of :class:`BufferSampling`: for
     ``no_amplification`` the record is ``sampling: "full"`` over the population ``N``
-    (``cohort_size`` left out: the ``K`` contributors are ``realised_cohort``).
+    (``cohort_size`` left out: ``K`` contributors per step, by the configuration).
 
     Privacy:
         See the module docstring for what each accounting mode assumes.

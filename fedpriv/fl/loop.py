@@ -37,8 +37,8 @@ from fedpriv.fl.client import make_client_optimizer, num_local_steps
 from fedpriv.fl.round import RoundInputs, ServerState, init_server_state, make_round
 from fedpriv.fl.sampling import build_sampler
 from fedpriv.fl.server import server_optimizer_from_config
-from fedpriv.privacy.ledger import LEDGER_FILE, LedgerWriter
 from fedpriv.privacy import release
+from fedpriv.privacy.ledger import LEDGER_FILE, LedgerWriter
 from fedpriv.privacy.plan import PrivacyPlan, build_plan
 from fedpriv.validation import check_output_dir, read_jsonl
 
@@ -209,8 +209,10 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         population=data.train.num_clients,
         seed_key=purpose_key(seed, edge_lib.EDGE_PURPOSE),
         user_dp=privacy.unit in ("user", "gateway"),
-        local_steps=num_local_steps(
-            n_cap, int(cfg["client"]["batch_size"]), int(cfg["client"]["epochs"])
+        local_steps=None
+        if max_examples is None
+        else num_local_steps(
+            int(max_examples), int(cfg["client"]["batch_size"]), int(cfg["client"]["epochs"])
         ),
     )
     alg = cfg["algorithm"]
@@ -598,10 +600,13 @@ def _truncate_lines(path: Path, lines: int) -> None:
 def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = True) -> dict:
     """Trains as configured and writes the run directory.
 
-    Writes ``metrics.jsonl`` (a line per round, with ``epsilon`` spent so far under DP),
-    ``ledger.jsonl`` (one DP event per executed round, appended by the privacy plan that ran;
-    absent without DP), ``checkpoints/`` (every ``checkpoint.every`` rounds, at the end, and
-    on SIGTERM/SIGINT), ``final_params.npz`` and ``summary.json``; with ``canaries.count >
+    Writes ``metrics.jsonl`` (a line per round, with ``epsilon`` spent so far under DP;
+    released values at the top level, un-noised diagnostics apart, none with
+    ``privacy.release=strict``: :mod:`fedpriv.privacy.release`), ``ledger.jsonl`` (one DP
+    event per executed round, appended by the privacy plan that ran; absent without DP),
+    ``checkpoints/`` (every ``checkpoint.every`` rounds, after the round before the last, at
+    the end, and on SIGTERM/SIGINT), ``final_params.npz`` and ``summary.json``; with
+    ``canaries.count >
     0`` also ``canaries.json`` (:func:`fedpriv.fl.canaries.write_canaries_file`).
 
     With ``resume: true`` the run continues from the newest checkpoint in ``run_dir`` (from

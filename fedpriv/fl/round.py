@@ -235,8 +235,9 @@ def make_round(
     The round: each client trains locally (:func:`cohort_sums`), the aggregator reduces the
     sums to one mean update, and the server optimizer applies ``-mean_update`` as a
     pseudo-gradient. ``key`` is the round key; it is split by purpose into client and
-    aggregation (noise) keys (:func:`split_round_key`). With a ``mesh``, the cohort axis of ``inputs`` is sharded over
-    its ``clients`` axis (``C`` must be a multiple of ``devices * chunk_size``).
+    aggregation (noise) keys (:func:`split_round_key`). With a ``mesh``, the cohort axis of
+    ``inputs`` is sharded over its ``clients`` axis (``C`` must be a multiple of
+    ``devices * chunk_size``).
     ``local_sums`` replaces :func:`cohort_sums` (e.g. the factored path of
     :mod:`fedpriv.fl.lowrank`); it takes ``(params, agg_state, inputs, client_key)``.
 

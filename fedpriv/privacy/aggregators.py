@@ -98,6 +98,10 @@ def dp_fedavg(
         released (sum, count) is a Gaussian mechanism with noise multiplier z (Andrew et al.
         2021, Thm. 1); under replacing one client (fixed-size cohorts) sensitivities double
         and the accountant uses z / 2. Sampling amplification depends on the sampler.
+        Released (covered by the epsilon): the noised mean, and the metrics ``clip_norm``,
+        ``noise_std``, ``denominator`` and ``unclipped_estimate`` (functions of public
+        values and the noised count). ``clipped_fraction`` and ``mean_update_norm_preclip``
+        are un-noised diagnostics (:mod:`fedpriv.privacy.release`).
     """
     if not clip_norm > 0:
         raise ConfigError("privacy.clip_norm", f"must be > 0, got {clip_norm}")

@@ -120,8 +120,10 @@ class DistributedNoise:
         ``(z C s)^2`` per coordinate; one client's quantised update moves the sum by at most
         :attr:`l2_sensitivity` in L2 and :attr:`l1_sensitivity` in L1 under adding or removing
         its update (twice that under replacing it), which
-        :func:`fedpriv.accounting.distributed.round_rdp` turns into RDP. Simulation-grade
-        noise (JAX PRNG, float32 samplers).
+        :func:`fedpriv.accounting.distributed.round_rdp` turns into RDP. The epsilon covers
+        the dequantised sum and what is computed from it (the model); the secure-aggregation
+        counters in the metrics are diagnostics. Simulation-grade noise (JAX PRNG, float32
+        samplers).
     """
 
     kind: str

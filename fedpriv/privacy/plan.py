@@ -93,10 +93,11 @@ class PrivacyPlan:
         reported: each client update is already private, and weights equal for every client
         keep the server's step a function of those updates alone (weighting by example count,
         FedAvg's default, would publish each client's count, which adding or removing one
-        example changes; ``weighting`` is therefore ignored). With secure aggregation that aggregator
-        is wrapped by :func:`~fedpriv.privacy.secagg.fast.secure_aggregator` (``key``: the
-        secure-aggregation purpose key; ``params``: a parameter tree of the model); for
-        distributed DP the wrapped DP-FedAvg adds no noise of its own (the clients do).
+        example changes; ``weighting`` is therefore ignored). With secure aggregation that
+        aggregator is wrapped by :func:`~fedpriv.privacy.secagg.fast.secure_aggregator`
+        (``key``: the secure-aggregation purpose key; ``params``: a parameter tree of the
+        model); for distributed DP the wrapped DP-FedAvg adds no noise of its own (the
+        clients do).
         """
         if self.secagg is not None:
             from fedpriv.privacy.secagg.fast import secure_aggregator

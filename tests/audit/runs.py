@@ -49,7 +49,13 @@ def train(run_dir: Path, *overrides: str) -> Path:
 def train_resumed(run_dir: Path, *overrides: str, rounds: int = 6, every: int = 3) -> Path:
     """A run killed after round ``rounds`` but before its last checkpoint, then resumed:
     rounds ``every + 1 .. rounds`` run twice and are replayed in the ledger."""
-    args = (*overrides, f"rounds={rounds}", f"checkpoint.every={every}")
+    # Keep every checkpoint: the run also checkpoints the round before its last.
+    args = (
+        *overrides,
+        f"rounds={rounds}",
+        f"checkpoint.every={every}",
+        f"checkpoint.keep={rounds}",
+    )
     train(run_dir, *args)
     for step in (run_dir / "checkpoints").iterdir():
         if step.name.isdigit() and int(step.name) > every:
@@ -67,6 +73,18 @@ def metrics(path: Path) -> list[dict[str, Any]]:
     from fedpriv.privacy.release import flatten
 
     return [flatten(rec) for rec in lines(path)]
+
+
+def without_seconds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Metrics lines without the wall-clock ``seconds`` diagnostic (the one field that may
+    differ between two runs of one configuration)."""
+    out = []
+    for rec in records:
+        rec = {k: v for k, v in rec.items() if k != "seconds"}
+        if isinstance(rec.get("diagnostics"), dict):
+            rec["diagnostics"] = {k: v for k, v in rec["diagnostics"].items() if k != "seconds"}
+        out.append(rec)
+    return out
 
 
 def write_lines(path: Path, records: list[dict[str, Any]]) -> None:

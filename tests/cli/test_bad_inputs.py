@@ -60,11 +60,12 @@ def _object_array(tmp: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory) -> Path:
-    """A finished private run with checkpoints at rounds 2 and 4."""
+    """A finished private run with checkpoints at rounds 3 (the round before the last, which
+    displaces round 2 under checkpoint.keep=2) and 4."""
     run_dir = tmp_path_factory.mktemp("base") / "run"
     proc = run_cli("fedpriv.train", *BASE, f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2", "4"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["3", "4"]
     return run_dir
 
 

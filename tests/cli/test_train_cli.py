@@ -248,7 +248,7 @@ def test_example_dp_needs_a_declared_rate(tmp_path, overrides, field, words):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"fedpriv: error: {field}:"), proc.stderr
     assert words in lines[0] and "Traceback" not in proc.stderr
-    assert not (tmp_path / "r").exists()
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
 
 
 def _ledger(run_dir):

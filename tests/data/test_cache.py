@@ -7,6 +7,7 @@ import pytest
 
 from fedpriv.data import cache, load
 from fedpriv.errors import ConfigError
+from tests.audit import runs
 from tests.conftest import run_cli
 
 CFG = {
@@ -77,6 +78,6 @@ def test_training_from_the_cache_matches_training_without_it(tmp_path):
         proc = run_cli("fedpriv.train", *common, *extra, f"hydra.run.dir={tmp_path / name}")
         assert proc.returncode == 0, proc.stderr[-2000:]
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        rows.append([{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in lines])
+        rows.append(runs.without_seconds([json.loads(x) for x in lines]))
     assert rows[0] == rows[1] == rows[2]
     assert len(list((tmp_path / "cache").iterdir())) == 1

@@ -176,9 +176,7 @@ def test_dpsgd_clips_each_example_and_noise_has_the_stated_scale():
     # With lr 1, one step, no example sampled (rate tiny) the update is pure noise / B, the
     # declared expected batch size, whatever the client's own count.
     n_cap, q, z, c, batch = 6, 1e-9, 2.0, 0.5, 3.0
-    cu = jax.jit(
-        make_dpsgd_client_update(model.apply, optax.sgd(1.0), 1, q, c, z, n_cap, batch)
-    )
+    cu = jax.jit(make_dpsgd_client_update(model.apply, optax.sgd(1.0), 1, q, c, z, n_cap, batch))
     b = ClientBatch(*(jnp.asarray(a[0]) for a in cohort(store, [0], n_cap)[:3]))
     many = jax.jit(jax.vmap(lambda k: cu(params, b, k).update))
     draws = _flat(many(jax.random.split(jax.random.key(0), 400)))  # ~33,000 coordinates

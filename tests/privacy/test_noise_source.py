@@ -96,9 +96,7 @@ def test_the_run_directory_records_the_noise_source(made):
         run_dir = made[name][0]
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["noise_source"] == source
-        assert ("only while the seed stays secret" in summary["guarantee"]) == (
-            source == "seeded"
-        )
+        assert ("only while the seed stays secret" in summary["guarantee"]) == (source == "seeded")
         text = "".join(p.read_text(errors="replace") for p in run_dir.rglob("*.json*"))
         assert "noise_key" not in text and "noise_root" not in text
 
