@@ -94,13 +94,15 @@ class Experiment:
         """The key of round ``rnd``: from the seed, or with a secure noise source a stack of
         ``(client key, noise key, round key)`` (:func:`fedpriv.fl.round.split_round_key`)
         whose noise key comes from :attr:`noise_root`. Example-level DP draws its noise and
-        example sampling inside the clients, so there the client key is secure as well."""
+        example sampling inside the clients, and secure aggregation each client's noise
+        (distributed DP) and quantisation rounding from the client key, so there the client
+        key is secure as well."""
         key = jax.random.fold_in(purpose_key(self.cfg["seed"], KEY_ROUND), rnd)
         if self.noise_root is None:
             return key
         noise = jax.random.fold_in(self.noise_root, rnd)
         client_key = jax.random.split(key)[0]
-        if self.privacy.unit == "example":
+        if self.privacy.unit == "example" or self.privacy.secagg is not None:
             client_key = jax.random.fold_in(noise, 1)
         return jnp.stack([client_key, jax.random.fold_in(noise, 0), key])
 
@@ -220,12 +222,11 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
     noise_root = None
     if release.noise_source(cfg.get("privacy")) == "secure" and privacy.is_private:
         noise_root = release.secure_root_key()
-    secagg_key = (
-        purpose_key(seed, KEY_SECAGG)
-        if noise_root is None
-        else jax.random.fold_in(noise_root, KEY_SECAGG)
+    # The secure-aggregation key (masks, rotation) is in the server state and so in every
+    # checkpoint: it stays seeded; the noise comes from the client keys (round_key).
+    aggregator = privacy.aggregator(
+        alg.get("weighting", "count"), key=purpose_key(seed, KEY_SECAGG), params=params
     )
-    aggregator = privacy.aggregator(alg.get("weighting", "count"), key=secagg_key, params=params)
     num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     example_bytes = int(np.prod(data.example_shape)) * data.train.x.dtype.itemsize
     exec_plan = planner.plan(
@@ -691,7 +692,7 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
             "ledger_lines": len(ledger_records),
             "epsilon_tracker": tracker.state_dict() if tracker is not None else None,
             "config": {k: v for k, v in cfg.items() if k != "resume"},
-            "last_eval": last_eval,
+            "last_eval": release.released(last_eval) if release_mode == "strict" else last_eval,
         }
         return ckpt.save(rnd, state, meta)
 

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import optax
 
 from fedpriv.errors import ConfigError
@@ -106,8 +107,9 @@ class PrivacyPlan:
                 raise ValueError("secure aggregation needs the secagg key and the parameters")
             if self.name == "distributed_dp":
                 inner = dp_fedavg(self.clip_norm, 0.0, self.expected_cohort)
-            else:
-                inner = dataclasses.replace(self, secagg=None).aggregator(weighting)
+                agg = secure_aggregator(inner, self.secagg, key, params)
+                return _reporting_noise(agg, self.noise_multiplier * self.clip_norm)
+            inner = dataclasses.replace(self, secagg=None).aggregator(weighting)
             return secure_aggregator(inner, self.secagg, key, params)
         if self.unit in ("user", "gateway"):
             return dp_fedavg(
@@ -227,6 +229,17 @@ class PrivacyPlan:
         d["adaptive"] = self.adaptive._asdict() if self.adaptive else None
         d["secagg"] = None if secagg is None else secagg.describe()
         return d
+
+
+def _reporting_noise(agg: Aggregator, noise_std: float) -> Aggregator:
+    """``agg`` with its ``noise_std`` metric set to ``noise_std``: distributed DP's noise is
+    added by the clients, so the wrapped DP-FedAvg (which adds none) would report 0."""
+
+    def finalize(*args):
+        mean, state, metrics = agg.finalize(*args)
+        return mean, state, {**metrics, "noise_std": jnp.asarray(noise_std, jnp.float32)}
+
+    return agg._replace(finalize=finalize)
 
 
 def _get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:

@@ -15,10 +15,12 @@ a new metric is never published by accident.
 The noise source: with ``privacy.noise_source=seeded`` every key derives from the seed in
 the configuration, so a run is reproducible, and whoever reads the seed can regenerate the
 noise and subtract it from the released model: the guarantee then holds only while the seed
-stays secret. With ``secure`` the keys of the privacy noise (and of secure aggregation's
-masks and per-client noise; for example-level DP all of DP-SGD's keys, whose example
-sampling is part of the mechanism) are drawn from the operating system's CSPRNG at run start
-and never written anywhere; the seed still fixes data, initialisation and client sampling.
+stays secret. With ``secure`` the keys of the privacy noise are drawn from the operating
+system's CSPRNG at run start and never written anywhere: the server's noise key, and where
+the noise is drawn inside the clients (example-level DP-SGD, whose example sampling is part
+of the mechanism; secure aggregation's per-client noise and rounding) the clients' keys. The
+seed still fixes data, initialisation and client sampling, and secure aggregation's masks and
+rotation (public randomness of the simulation, kept in the server state and checkpoints).
 The keys are expanded by JAX's threefry generator (simulation-grade, DESIGN rule 6).
 """
 
@@ -83,13 +85,27 @@ def metrics_line(record: Mapping[str, Any], release: str) -> dict[str, Any]:
     return line
 
 
+def released(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of ``record`` that the epsilon covers (:data:`RELEASED`)."""
+    return {k: v for k, v in record.items() if k in RELEASED}
+
+
 def summary(full: Mapping[str, Any], release: str) -> dict[str, Any]:
     """``summary.json`` from the full summary: diagnostics grouped under ``"diagnostics"``
-    (left out with ``release='strict'``), with the release mode recorded."""
+    (left out with ``release='strict'``), with the release mode recorded. Of the final
+    evaluation only the released values stay in ``final`` (``global_train_*``, measured on
+    the clients' data, go to the diagnostics)."""
     out = {k: v for k, v in full.items() if k not in SUMMARY_DIAGNOSTICS}
     out["release"] = release
+    final = dict(full.get("final") or {})
+    if "final" in full:
+        out["final"] = released(final)
     if release != "strict":
-        out[DIAGNOSTICS] = {k: full[k] for k in SUMMARY_DIAGNOSTICS if k in full}
+        diagnostics = {k: full[k] for k in SUMMARY_DIAGNOSTICS if k in full}
+        rest = {k: v for k, v in final.items() if k not in RELEASED}
+        if rest:
+            diagnostics["final"] = rest
+        out[DIAGNOSTICS] = diagnostics
     return out
 
 

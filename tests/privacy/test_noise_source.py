@@ -112,3 +112,20 @@ def test_secure_example_level_noise_differs_between_runs(tmp_path):
     _, a = _run(tmp_path, "a", *extra)
     _, b = _run(tmp_path, "b", *extra)
     assert not any(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "mechanism",
+    [
+        ("privacy=distributed_dp", "secagg=fast", "privacy.noise_multiplier=2"),
+        ("privacy=distributed_dp", "secagg=fast", "secagg.rotation=true", "hierarchy=gateways"),
+        ("privacy=user_dp", "secagg=fast", "privacy.noise_multiplier=1"),
+    ],
+)
+def test_secure_noise_inside_secure_aggregation_differs_between_runs(tmp_path, mechanism):
+    """Distributed DP draws its noise on the clients: with a secure source their keys are
+    secure too, so two runs with one seed release different models."""
+    extra = (*mechanism, "privacy.target_epsilon=null", "privacy.noise_source=secure")
+    _, a = _run(tmp_path, "a", *extra, "model=logreg", "rounds=2")
+    _, b = _run(tmp_path, "b", *extra, "model=logreg", "rounds=2")
+    assert not any(np.array_equal(a[k], b[k]) for k in a)
