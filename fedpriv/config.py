@@ -245,6 +245,35 @@ def validate_canaries(cfg: Mapping[str, Any]) -> None:
         )
 
 
+def _private_npz(cfg: Mapping[str, Any]) -> None:
+    """A private run on the user's own ``.npz`` file publishes nothing read off its labels or
+    examples: the number of classes is declared, and a strict release needs a held-out test
+    set in the file (test metrics on examples split off the private data carry no noise)."""
+    if _get(cfg, "dataset.num_classes") is None:
+        raise ConfigError(
+            "dataset.num_classes",
+            "must be set for a private run on an npz file: inferred from the labels, the "
+            "model's output size would publish the largest label of the private data",
+        )
+    path = _get(cfg, "dataset.path")
+    if _get(cfg, "privacy.release") != "strict" or path is None:
+        return
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            held_out = "x_test" in arrays.files and "y_test" in arrays.files
+    except (OSError, ValueError):
+        return  # the loader names what is wrong with the file
+    if not held_out:
+        raise ConfigError(
+            "dataset.path",
+            f"{path} has no x_test, y_test: privacy.release=strict needs a held-out test set "
+            "in the file; a test fraction split off the private data would release test "
+            "metrics without noise",
+        )
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
     """Checks a composed ``fedpriv-train`` configuration.
 
@@ -303,6 +332,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
         choice(cfg, "privacy.release", RELEASE_MODES)
     if _get(cfg, "privacy.noise_source") is not None:
         choice(cfg, "privacy.noise_source", NOISE_SOURCES)
+    if privacy != "none" and _get(cfg, "dataset.name") == "npz":
+        _private_npz(cfg)
     if privacy != "none":
         number(cfg, "privacy.clip_norm", low=0, low_open=True)
         noise = _get(cfg, "privacy.noise_multiplier")

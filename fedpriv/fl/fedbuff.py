@@ -785,7 +785,7 @@ def run(cfg: Mapping[str, Any], run_dir: str | Any, progress: bool = True) -> di
             "ledger_lines": len(ledger_records),
             "epsilon_tracker": tracker.state_dict() if tracker is not None else None,
             "config": dict(cfg),
-            "last_eval": last_eval,
+            "last_eval": release.released(last_eval) if release_mode == "strict" else last_eval,
         }
         ckpt.save(step, state.server, meta)
 

@@ -29,6 +29,9 @@ BASE = [
 ]
 
 
+PRIVATE = ["privacy=user_dp", "privacy.noise_multiplier=1.0"]
+
+
 def _good(n: int = 200) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     return {"x": rng.random((n, 8), dtype=np.float32), "y": rng.integers(0, 4, n)}
@@ -205,6 +208,23 @@ CASES = [
         lambda t: [*_npz(t, **_good()), "dataset.num_classes=3"],
         "dataset.path",
         "labels must be in [0, 2]",
+    ),
+    (
+        "npz-private-classes-from-labels",
+        lambda t: [*_npz(t, **_good()), *PRIVATE],
+        "dataset.num_classes",
+        "largest label",
+    ),
+    (
+        "npz-strict-without-test-set",
+        lambda t: [
+            *_npz(t, **_good()),
+            *PRIVATE,
+            "dataset.num_classes=4",
+            "privacy.release=strict",
+        ],
+        "dataset.path",
+        "has no x_test, y_test",
     ),
     (
         "npz-cnn-flat",

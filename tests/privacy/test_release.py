@@ -67,3 +67,32 @@ def test_unknown_metrics_are_diagnostics():
     line = release.metrics_line({"round": 1, "epsilon": 0.5, "a_new_statistic": 3.0}, "diagnostics")
     assert line == {"round": 1, "epsilon": 0.5, "diagnostics": {"a_new_statistic": 3.0}}
     assert release.metrics_line({"round": 1, "a_new_statistic": 3.0}, "strict") == {"round": 1}
+
+
+def test_strict_release_keeps_training_set_evaluation_out(tmp_path):
+    """``eval_train`` measures the model on the clients' data without noise: a diagnostic of
+    the final evaluation and of the checkpoints' last evaluation too."""
+    full = runs.train(tmp_path / "full", *OVERRIDES, "+eval_train=true")
+    strict = runs.train(
+        tmp_path / "strict", *OVERRIDES, "+eval_train=true", "privacy.release=strict"
+    )
+    summary = json.loads((full / "summary.json").read_text())
+    assert set(summary["final"]) == {"test_loss", "test_accuracy"}
+    assert "global_train_loss" in summary["diagnostics"]["final"]
+    for path in strict.rglob("*"):
+        if path.is_file() and path.suffix != ".npz":
+            assert "global_train" not in path.read_text(errors="replace"), path
+
+
+def test_distributed_dp_reports_the_noise_that_the_clients_add(tmp_path):
+    run_dir = runs.train(
+        tmp_path / "d",
+        "privacy=distributed_dp",
+        "secagg=fast",
+        "privacy.noise_multiplier=2",
+        "privacy.target_epsilon=null",
+    )
+    ledger = _lines(run_dir / "ledger.jsonl")
+    metrics = _lines(run_dir / "metrics.jsonl")
+    assert [m["noise_std"] for m in metrics] == pytest.approx([r["noise_std"] for r in ledger])
+    assert ledger[0]["noise_std"] == pytest.approx(2.0)
