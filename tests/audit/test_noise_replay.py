@@ -134,8 +134,9 @@ def test_honest_seeded_run_passes_and_the_audit_runs_the_replay(honest):
     assert ev["d"] == D and ev["round"] == 3 and ev["expected_cohort"] == 10.0
     assert ev["std"] == pytest.approx(1.0 * 1.0 / 10)
     assert ev["clients_clipped"] >= 1 and ev["max_preclip_norm"] > 1.0
-    assert set(ev["tests"]) == {"chi2", "ks", "mean_projection", "excess_projection"}
-    assert all(t["level"] == pytest.approx(FALSE_FAILURE_RATE / 4) for t in ev["tests"].values())
+    arrays = {f"chi2[params.Dense_{i}.{p}]" for i in range(3) for p in ("kernel", "bias")}
+    assert set(ev["tests"]) == {"chi2", "ks", "mean_projection", "excess_projection"} | arrays
+    assert all(t["level"] == pytest.approx(FALSE_FAILURE_RATE / 10) for t in ev["tests"].values())
     assert 0.98 < ev["observed_std_ratio"] < 1.02
     assert ev["detectable_std_ratio_below"] > 0.98 and ev["detectable_std_ratio_above"] < 1.02
     assert ev["released_params"] == "checkpoint" and ev["noise_source"] == "seeded"
@@ -378,3 +379,22 @@ def test_power_against_the_planted_bugs_at_the_stated_level():
     assert "mean_projection" in {t.name for t in tests if t.rejected}
     # Under the null the same directions are not refuted (the false-failure rate is 1e-3).
     assert not any(t.rejected for t in residual_tests(rng.normal(0.0, s, D), s, mean, excess))
+
+
+def test_each_parameter_array_is_tested_on_its_own():
+    """Noise left off a small array (a bias of 200 of 55,210 coordinates) hardly moves the
+    global chi-square but fails the array's own; honest residuals pass every array's test at
+    the Bonferroni share of the level."""
+    rng = np.random.default_rng(11)
+    s = 0.1
+    segments = (("kernel", 0, D - 200), ("bias", D - 200, D))
+    residual = rng.normal(0.0, s, D)
+    residual[D - 200 :] = rng.normal(0.0, 1e-6 * s, 200)  # the bias released un-noised
+    tests = {t.name: t for t in residual_tests(residual, s, segments=segments)}
+    assert not tests["chi2"].rejected and tests["chi2[bias]"].rejected
+    assert tests["chi2"].level == FALSE_FAILURE_RATE / 4  # chi2, ks and two arrays
+    rejected = 0
+    for _ in range(200):
+        honest = residual_tests(rng.normal(0.0, s, D), s, segments=segments)
+        rejected += any(t.rejected for t in honest)
+    assert scipy.stats.binomtest(rejected, 200, FALSE_FAILURE_RATE, "greater").pvalue > 1e-3
