@@ -1,6 +1,5 @@
 """FedBuff: the schedule, staleness weights, the reduction to synchronous rounds, the ledger."""
 
-
 import jax
 import numpy as np
 import pytest
