@@ -325,10 +325,13 @@ def test_shakespeare_trains_the_char_lstm_end_to_end(tmp_path):
 )
 def test_readme_privacy_commands(tmp_path, command):
     run_dir = tmp_path / "r"
+    # Shrunk: 2 rounds of the logistic model over 100 clients.
     proc = run_cli(
         "fedpriv.train",
         *command.split(),
         "rounds=2",
+        "model=logreg",
+        "dataset.num_clients=100",
         "progress=false",
         f"hydra.run.dir={run_dir}",
     )

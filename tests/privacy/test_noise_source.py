@@ -119,7 +119,6 @@ def test_secure_example_level_noise_differs_between_runs(tmp_path):
     [
         ("privacy=distributed_dp", "secagg=fast", "privacy.noise_multiplier=2"),
         ("privacy=distributed_dp", "secagg=fast", "secagg.rotation=true", "hierarchy=gateways"),
-        ("privacy=user_dp", "secagg=fast", "privacy.noise_multiplier=1"),
     ],
 )
 def test_secure_noise_inside_secure_aggregation_differs_between_runs(tmp_path, mechanism):

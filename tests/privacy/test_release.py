@@ -17,6 +17,7 @@ OVERRIDES = (
     "sampling=poisson",
     "sampling.rate=0.3",
     "rounds=3",
+    "+eval_train=true",
 )
 #: Statistics of the clients' data without noise: never at the top level of a metrics line.
 UNNOISED = ("train_loss", "clipped_fraction", "mean_update_norm_preclip", "clients", "local_steps")
@@ -69,13 +70,10 @@ def test_unknown_metrics_are_diagnostics():
     assert release.metrics_line({"round": 1, "a_new_statistic": 3.0}, "strict") == {"round": 1}
 
 
-def test_strict_release_keeps_training_set_evaluation_out(tmp_path):
+def test_strict_release_keeps_training_set_evaluation_out(both):
     """``eval_train`` measures the model on the clients' data without noise: a diagnostic of
     the final evaluation and of the checkpoints' last evaluation too."""
-    full = runs.train(tmp_path / "full", *OVERRIDES, "+eval_train=true")
-    strict = runs.train(
-        tmp_path / "strict", *OVERRIDES, "+eval_train=true", "privacy.release=strict"
-    )
+    full, strict = both
     summary = json.loads((full / "summary.json").read_text())
     assert set(summary["final"]) == {"test_loss", "test_accuracy"}
     assert "global_train_loss" in summary["diagnostics"]["final"]
