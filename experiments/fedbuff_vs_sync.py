@@ -36,7 +36,7 @@ from omegaconf import OmegaConf
 from fedpriv.cli._hydra import compose
 from fedpriv.config import validate
 from fedpriv.errors import ConfigError, exit_on_config_error
-from fedpriv.fl import fedbuff, loop
+from fedpriv.fl import experiment, fedbuff
 from fedpriv.fl.sampling import host_rng
 
 TARGETS = (0.8, 0.85, 0.9)
@@ -78,7 +78,7 @@ def run_fedbuff(cfg: dict) -> tuple[list[dict], dict]:
     state, curve = exp.state, []
     eval_every = int(cfg["eval_every"])
     for t in range(exp.schedule.steps):
-        state, _ = exp.step_fn(state, exp.inputs(t), exp.step_key(t))
+        state, _ = exp.step(state, exp.inputs(t + 1), exp.key(t + 1))
         if (t + 1) % eval_every == 0 or t + 1 == exp.schedule.steps:
             acc = exp.base.evaluate(state.server.params)["test_accuracy"]
             when = float(exp.schedule.step_time[t])
@@ -95,7 +95,7 @@ def run_fedbuff(cfg: dict) -> tuple[list[dict], dict]:
 
 def run_sync(cfg: dict, delay: fedbuff.DelayModel) -> list[dict]:
     """Synchronous rounds of the same size; a round lasts as long as its slowest client."""
-    exp = loop.build(cfg)
+    exp = experiment.build(cfg)
     speed_rng, _ = fedbuff.schedule_rng(cfg["seed"])
     speed = delay.speeds(exp.data.train.num_clients, speed_rng)  # the FedBuff run's stragglers
     job_rng = host_rng(exp.sampling_key(0))

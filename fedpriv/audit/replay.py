@@ -553,10 +553,10 @@ def _verdict(replay: RoundReplay, false_failure_rate: float) -> Check:
 
 def _population(cfg: Mapping[str, Any]):
     """Data, model, sampler and ``n_cap`` of the run, with no mechanism built."""
-    from fedpriv.fl import loop
+    from fedpriv.fl import experiment
 
     plain = {**cfg, "privacy": {"name": "none"}, "canaries": {"count": 0}}
-    return loop.build(plain)
+    return experiment.build(plain)
 
 
 def _expected_cohort(cfg: Mapping[str, Any], exp: Any) -> float:

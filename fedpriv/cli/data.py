@@ -76,7 +76,7 @@ def _data_rng(seed: int) -> np.random.Generator:
     """The data generator ``fedpriv-train seed=SEED`` uses."""
     import jax
 
-    from fedpriv.fl.loop import KEY_DATA, purpose_key
+    from fedpriv.fl.experiment import KEY_DATA, purpose_key
 
     key = np.asarray(jax.random.key_data(purpose_key(seed, KEY_DATA))).astype(np.uint64)
     return np.random.default_rng(key)

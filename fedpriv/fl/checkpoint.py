@@ -11,7 +11,7 @@ A checkpoint lives in ``run_dir/checkpoints/<round>/`` and is written with orbax
   and dtype of every array, and the last evaluation.
 
 No random state is stored: every key is ``fold_in(fold_in(key(seed), purpose), round)``
-(:class:`~fedpriv.fl.loop.Experiment`), so the seed in the configuration and the round number
+(:class:`~fedpriv.fl.experiment.Experiment`), so the seed in the configuration and the round number
 determine the rest of the run.
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a

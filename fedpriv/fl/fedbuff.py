@@ -27,9 +27,11 @@ The simulation has two halves:
   written into the ring buffer.
 
 Determinism: the schedule is a function of ``(seed, config)``; step ``t`` uses the same key
-as synchronous round ``t`` (:meth:`fedpriv.fl.loop.Experiment.round_key`), so a run is
-reproducible, and with ``K`` = cohort size, ``concurrency = K`` and constant delays every
-step has staleness 0 and is the synchronous round on the same clients.
+as synchronous round ``t`` (:meth:`fedpriv.fl.experiment.Experiment.round_key`), so a run is
+reproducible and resumes exactly (the host driver, :func:`fedpriv.fl.loop.drive`,
+checkpoints the whole :class:`FedBuffState`, ring buffer included), and with ``K`` = cohort
+size, ``concurrency = K`` and constant delays every step has staleness 0 and is the
+synchronous round on the same clients.
 
 Privacy (with ``privacy=user_dp`` or ``user_dp_adaptive``): every arrival's update is
 clipped to ``C`` by DP-FedAvg's contribution and then multiplied by ``s(tau) <= 1``, so each
@@ -77,10 +79,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import json
 import math
-import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -91,17 +90,24 @@ import numpy as np
 import optax
 
 from fedpriv.errors import ConfigError
+from fedpriv.fl import edge as edge_lib
+from fedpriv.fl import experiment as experiment_lib
 from fedpriv.fl.aggregators import Aggregator
-from fedpriv.fl.client import ClientBatch, ClientOutput
+from fedpriv.fl.client import ClientBatch, ClientOutput, make_client_optimizer
 from fedpriv.fl.round import (
     RoundInputs,
     ServerState,
     chunked_sums,
     client_contribution,
+    cohort_metrics,
     init_server_state,
+    server_update,
     split_round_key,
 )
+from fedpriv.fl.sampling import host_rng
+from fedpriv.fl.server import server_optimizer_from_config
 from fedpriv.privacy import release
+from fedpriv.privacy.plan import PrivacyPlan, build_plan
 
 PyTree = Any
 
@@ -469,31 +475,23 @@ def make_fedbuff_step(
             chunk_size,
             staleness_exponent,
         )
-        mean_update, agg_state, agg_metrics = aggregator.finalize(
-            total, total_w, stats, server.agg_state, agg_key
+        new_server, mean_update, agg_metrics = server_update(
+            server, aggregator, server_opt, (total, total_w, stats), agg_key
         )
-        pseudo_grad = jax.tree.map(jnp.negative, mean_update)
-        updates, opt_state = server_opt.update(pseudo_grad, server.opt_state, server.params)
-        params = optax.apply_updates(server.params, updates)
-        slot = (server.round + 1) % depth
-        ring = jax.tree.map(lambda r, p: r.at[slot].set(p), state.ring, params)
+        slot = new_server.round % depth
+        ring = jax.tree.map(lambda r, p: r.at[slot].set(p), state.ring, new_server.params)
         real = inputs.clients.client_mask > 0
         n_real = jnp.sum(real)
-        finite = per_client["finite"]
         tau = jnp.where(real, inputs.staleness, 0.0)
         weights = jnp.where(real, staleness_weight(inputs.staleness, staleness_exponent), 0.0)
         metrics = {
-            "train_loss": jnp.sum(per_client["loss"]) / jnp.maximum(jnp.sum(real & finite), 1),
-            "clients": n_real,
-            "nonfinite_clients": jnp.sum(real & ~finite),
-            "local_steps": jnp.sum(per_client["steps"]) / jnp.maximum(n_real, 1),
+            **cohort_metrics(per_client, real),
             "update_norm": optax.tree.norm(mean_update),
             "staleness_mean": jnp.sum(tau) / jnp.maximum(n_real, 1),
             "staleness_max": jnp.max(tau),
             "staleness_weight_mean": jnp.sum(weights) / jnp.maximum(n_real, 1),
             **agg_metrics,
         }
-        new_server = ServerState(params, opt_state, agg_state, server.round + 1)
         return FedBuffState(new_server, ring), metrics
 
     return step_fn
@@ -588,20 +586,19 @@ class BufferSampling:
 def schedule_rng(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     """``(speed_rng, job_rng)``: generators of the stragglers and of the schedule, from the
     run's seed and :data:`KEY_SCHEDULE` (simulation-grade)."""
-    from fedpriv.fl.loop import purpose_key
-    from fedpriv.fl.sampling import host_rng
-
-    key = purpose_key(int(seed), KEY_SCHEDULE)
+    key = experiment_lib.purpose_key(int(seed), KEY_SCHEDULE)
     return host_rng(jax.random.fold_in(key, 0)), host_rng(jax.random.fold_in(key, 1))
 
 
 @dataclasses.dataclass
 class FedBuffExperiment:
-    """A FedBuff run, built from a configuration.
+    """A FedBuff run, built from a configuration: the steps the host driver runs
+    (:class:`fedpriv.fl.loop.Steps`); step ``t`` is server step ``t`` (1-based).
 
     Attributes:
-        base: the synchronous :class:`~fedpriv.fl.loop.Experiment` the data, model, cohort
-            padding and keys come from (its own round and sampler are not used).
+        base: the synchronous :class:`~fedpriv.fl.experiment.Experiment` the data, model,
+            cohort padding, keys and evaluation come from (its own round and sampler are not
+            used).
         config: the ``async`` settings.
         schedule: the event schedule of every server step.
         speed: ``speed[N]``, the per-client slowdowns the schedule used.
@@ -611,34 +608,102 @@ class FedBuffExperiment:
         slots: padded arrival slots per step.
     """
 
-    base: Any
+    base: experiment_lib.Experiment
     config: FedBuffConfig
     schedule: Schedule
     speed: np.ndarray
-    privacy: Any
+    privacy: PrivacyPlan
     step_fn: Callable
     state: FedBuffState
     slots: int
 
+    label = "fedbuff"
+    unit = "step"
+
     def inputs(self, t: int) -> StepInputs:
-        """Gathers server step ``t``'s arrivals (0-based), padded, and starts the transfer."""
+        """Gathers server step ``t``'s arrivals (1-based), padded, and starts the transfer."""
+        i = t - 1
         k = self.config.buffer_size
         pad = self.slots - k
-        ids = np.concatenate([self.schedule.client_ids[t], np.zeros(pad, np.int64)])
+        ids = np.concatenate([self.schedule.client_ids[i], np.zeros(pad, np.int64)])
         mask = np.arange(self.slots) < k
         clients = RoundInputs(*self.base.data.train.gather(ids, mask, self.base.n_cap))
         depth = self.config.max_staleness + 1
-        slot = np.concatenate([self.schedule.versions[t] % depth, np.zeros(pad, np.int64)])
-        tau = np.concatenate([self.schedule.staleness[t], np.zeros(pad, np.int64)])
+        slot = np.concatenate([self.schedule.versions[i] % depth, np.zeros(pad, np.int64)])
+        tau = np.concatenate([self.schedule.staleness[i], np.zeros(pad, np.int64)])
         return jax.device_put(StepInputs(clients, slot.astype(np.int32), tau.astype(np.float32)))
 
-    def step_key(self, t: int) -> jax.Array:
-        """The key of server step ``t`` (0-based): synchronous round ``t + 1``'s key."""
-        return self.base.round_key(t + 1)
+    def key(self, t: int) -> jax.Array:
+        """The key of server step ``t`` (1-based): synchronous round ``t``'s key."""
+        return self.base.round_key(t)
+
+    def step(self, state: FedBuffState, inputs: StepInputs, key: jax.Array):
+        """One server step: ``(state, metrics)`` of the jit-compiled step."""
+        return self.step_fn(state, inputs, key)
+
+    def host_fields(self, t: int) -> dict[str, Any]:
+        """Step ``t``'s simulated time, arrivals (dropped ones included), stale drops and
+        staleness histogram, from the schedule."""
+        dropped = int(self.schedule.dropped[t - 1])
+        return {
+            "sim_time": float(self.schedule.step_time[t - 1]),
+            "arrivals": self.config.buffer_size + dropped,
+            "dropped_stale": dropped,
+            "staleness_hist": self.schedule.histogram(t - 1),
+        }
+
+    def ledger_record(self, t: int, record: Mapping[str, Any]) -> dict | None:
+        """The DP event of server step ``t`` (1-based) as it ran (None without DP).
+
+        The plan's record, with the sampling of :class:`BufferSampling`: for
+        ``no_amplification`` the record is ``sampling: "full"`` over the population ``N``
+        (``cohort_size`` left out: ``K`` contributors per step, by the configuration).
+
+        Privacy:
+            See the module docstring for what each accounting mode assumes.
+        """
+        event = self.privacy.ledger_record(t, record)
+        if event is not None and self.privacy.sampling == "full":
+            event["cohort_size"] = None
+        return event
+
+    @staticmethod
+    def params(state: FedBuffState) -> PyTree:
+        return state.server.params
+
+    @staticmethod
+    def completed(state: FedBuffState) -> int:
+        """Server steps completed by ``state``."""
+        return int(np.asarray(state.server.round))
+
+    def evaluate(self, params: PyTree) -> dict[str, float]:
+        return self.base.evaluate(params)
+
+    def summary_fields(self, done: int) -> dict[str, Any]:
+        """Population, the accounted sampling, the ``async`` block (settings, simulated
+        time, staleness, stale drops over the ``done`` steps) and the execution plan."""
+        sched = self.schedule
+        return {
+            "population": self.base.data.train.num_clients,
+            "sampling": {"kind": self.privacy.sampling, "expected_cohort": self.config.buffer_size},
+            "async": {
+                "name": "fedbuff",
+                **{k: v for k, v in dataclasses.asdict(self.config).items() if k != "delay"},
+                "delay": dataclasses.asdict(self.config.delay),
+                "sim_time": float(sched.step_time[done - 1]) if done else 0.0,
+                "staleness_mean": float(sched.staleness[:done].mean()) if done else 0.0,
+                "staleness_max": int(sched.staleness[:done].max()) if done else 0,
+                "dropped_stale": int(sched.dropped[:done].sum()),
+            },
+            "execution": dataclasses.asdict(self.base.plan),
+        }
+
+    def finish(self, run_dir: Path, state: FedBuffState, done: int) -> None:
+        """Nothing beyond the driver's files."""
 
 
 def build(cfg: Mapping[str, Any]) -> FedBuffExperiment:
-    """Builds a FedBuff run: data and model (through :func:`fedpriv.fl.loop.build`), the
+    """Builds a FedBuff run: data and model (through :func:`fedpriv.fl.experiment.build`), the
     schedule, the privacy plan of one server step, and the jitted step.
 
     ``sampling`` settings are not used: the schedule decides who takes part. Runs on one
@@ -647,12 +712,6 @@ def build(cfg: Mapping[str, Any]) -> FedBuffExperiment:
     Raises:
         ConfigError: any value that cannot work with the loaded data.
     """
-    from fedpriv.fl import edge as edge_lib
-    from fedpriv.fl import loop
-    from fedpriv.fl.client import make_client_optimizer
-    from fedpriv.fl.server import server_optimizer_from_config
-    from fedpriv.privacy.plan import build_plan
-
     cfg = dict(cfg)
     fb = FedBuffConfig.from_config(cfg["async"])
     sync_cfg = {
@@ -663,7 +722,7 @@ def build(cfg: Mapping[str, Any]) -> FedBuffExperiment:
         "execution": {**(cfg.get("execution") or {}), "devices": 1},
         "async": {"name": "none"},
     }
-    base = loop.build(sync_cfg)
+    base = experiment_lib.build(sync_cfg)
     n = base.data.train.num_clients
     if fb.concurrency + fb.buffer_size - 1 > n:
         raise ConfigError(
@@ -716,171 +775,6 @@ def build(cfg: Mapping[str, Any]) -> FedBuffExperiment:
     return FedBuffExperiment(base, fb, schedule, speed, privacy, step_fn, state, slots)
 
 
-def ledger_record(exp: FedBuffExperiment, step: int, metrics: Mapping[str, Any]) -> dict | None:
-    """The DP event of server step ``step`` (1-based) as it ran (None without DP).
-
-    The plan's record, with the sampling of :class:`BufferSampling`: for
-    ``no_amplification`` the record is ``sampling: "full"`` over the population ``N``
-    (``cohort_size`` left out: ``K`` contributors per step, by the configuration).
-
-    Privacy:
-        See the module docstring for what each accounting mode assumes.
-    """
-    record = exp.privacy.ledger_record(step, metrics)
-    if record is not None and exp.privacy.sampling == "full":
-        record["cohort_size"] = None
-    return record
-
-
-def run(cfg: Mapping[str, Any], run_dir: str | Any, progress: bool = True) -> dict:
-    """Trains with FedBuff and writes the run directory (same files as
-    :func:`fedpriv.fl.loop.run`).
-
-    ``metrics.jsonl`` holds a line per server step (``round`` is the step, 1-based) with the
-    synchronous metrics plus ``sim_time`` (simulated seconds), ``arrivals`` (arrivals since
-    the previous step, dropped ones included), ``dropped_stale``, ``staleness_mean``,
-    ``staleness_max`` and ``staleness_hist`` (arrivals per staleness ``0 .. S``);
-    ``ledger.jsonl`` one DP event per server step; ``checkpoints/`` the server state every
-    ``checkpoint.every`` steps and at the end (not resumable); ``summary.json`` adds an
-    ``async`` block (settings, simulated time, staleness).
-
-    Raises:
-        ConfigError: bad input; nothing has been written.
-    """
-    from tqdm.auto import tqdm
-
-    from fedpriv import accounting
-    from fedpriv.fl import checkpoint as checkpoint_lib
-    from fedpriv.fl import loop
-    from fedpriv.privacy.ledger import LedgerWriter
-    from fedpriv.validation import check_output_dir
-
-    start_time = time.time()
-    run_dir = Path(run_dir)
-    check_output_dir(run_dir)
-    if cfg.get("resume"):
-        raise ConfigError("resume", "async=fedbuff runs cannot be resumed; start a new run")
-    exp = build(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    plan = exp.privacy
-    steps, eval_every = int(cfg["rounds"]), int(cfg["eval_every"])
-    stop_at = (cfg.get("privacy") or {}).get("stop_at_epsilon")
-    release_mode = release.mode(cfg.get("privacy"))
-    every = int((cfg.get("checkpoint") or {}).get("every", 25) or 0)
-    ckpt = checkpoint_lib.Checkpointer(run_dir, int((cfg.get("checkpoint") or {}).get("keep", 2)))
-    tracker = accounting.EpsilonTracker(plan.delta, plan.accountant) if plan.is_private else None
-    ledger = LedgerWriter(run_dir) if plan.is_private else None
-    ledger_records: list[dict] = []
-    state = exp.state
-    last_eval: dict[str, float] = {}
-    record: dict[str, Any] = {}
-    metrics_lines = 0
-    done = 0
-    saved_at = None
-    compile_s = 0.0
-
-    def save(step: int) -> None:
-        meta = {
-            "metrics_lines": metrics_lines,
-            "ledger_lines": len(ledger_records),
-            "epsilon_tracker": tracker.state_dict() if tracker is not None else None,
-            "config": dict(cfg),
-            "last_eval": release.released(last_eval) if release_mode == "strict" else last_eval,
-        }
-        ckpt.save(step, state.server, meta)
-
-    bar = tqdm(total=steps, desc="fedbuff", unit="step", disable=not progress, file=sys.stderr)
-    with open(run_dir / "metrics.jsonl", "w") as metrics_file:
-        batch = exp.inputs(0)
-        for t in range(steps):
-            t0 = time.time()
-            state, metrics = exp.step_fn(state, batch, exp.step_key(t))
-            if t + 1 < steps:
-                batch = exp.inputs(t + 1)
-            step = t + 1
-            dropped = int(exp.schedule.dropped[t])
-            record = {
-                "round": step,
-                **loop._to_python(metrics),
-                "sim_time": float(exp.schedule.step_time[t]),
-                "arrivals": exp.config.buffer_size + dropped,
-                "dropped_stale": dropped,
-                "staleness_hist": exp.schedule.histogram(t),
-            }
-            event = ledger_record(exp, step, record)
-            if event is not None:
-                ledger.append(event)
-                ledger_records.append(event)
-                record["epsilon"] = tracker.add(event)
-            if step % eval_every == 0 or step == steps:
-                last_eval = exp.base.evaluate(state.server.params)
-                record.update(last_eval)
-            record["seconds"] = round(time.time() - t0, 6)
-            metrics_file.write(json.dumps(release.metrics_line(record, release_mode)) + "\n")
-            metrics_file.flush()
-            metrics_lines += 1
-            done = step
-            if step == 1:
-                compile_s = time.time() - start_time
-            bar.update(1)
-            if stop_at is not None and record.get("epsilon", 0.0) >= float(stop_at):
-                if step % eval_every and step != steps:
-                    last_eval = exp.base.evaluate(state.server.params)
-                break
-            if every and step % every == 0:
-                save(step)
-                saved_at = step
-    bar.close()
-    if ledger is not None:
-        ledger.close()
-    if not last_eval:
-        last_eval = exp.base.evaluate(state.server.params)
-    if saved_at != done:
-        save(done)
-    ckpt.close()
-    checkpoint_lib.save_final_params(run_dir, state.server.params)
-    exp.state = state
-    wall = time.time() - start_time
-    sched = exp.schedule
-    summary = {
-        "rounds": int(done),
-        "planned_rounds": steps,
-        "final": last_eval,
-        "train_loss": record.get("train_loss"),
-        "wall_seconds": round(wall, 3),
-        "compile_seconds": round(compile_s, 3),
-        "rounds_per_second": round(done / max(wall, 1e-9), 3),
-        "population": exp.base.data.train.num_clients,
-        "sampling": {"kind": plan.sampling, "expected_cohort": exp.config.buffer_size},
-        "async": {
-            "name": "fedbuff",
-            **{k: v for k, v in dataclasses.asdict(exp.config).items() if k != "delay"},
-            "delay": dataclasses.asdict(exp.config.delay),
-            "sim_time": float(sched.step_time[done - 1]) if done else 0.0,
-            "staleness_mean": float(sched.staleness[:done].mean()) if done else 0.0,
-            "staleness_max": int(sched.staleness[:done].max()) if done else 0,
-            "dropped_stale": int(sched.dropped[:done].sum()),
-        },
-        "privacy": plan.describe(),
-        "execution": dataclasses.asdict(exp.base.plan),
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "versions": loop.package_versions(),
-    }
-    if plan.is_private:
-        summary["epsilon"] = loop._final_epsilons(plan, ledger_records)
-        summary["delta"] = plan.delta
-        summary["accountant"] = plan.accountant
-        summary["epsilon_spent"] = tracker.epsilon if tracker.rounds else None
-        summary["ledger_events"] = len(ledger_records)
-        summary["replayed_rounds"] = 0
-        summary["noise_source"] = release.noise_source(cfg.get("privacy"))
-        summary["guarantee"] = release.statement(summary["noise_source"])
-    summary = release.summary(summary, release_mode)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
 __all__ = [
     "ACCOUNTING",
     "BufferSampling",
@@ -893,9 +787,7 @@ __all__ = [
     "build",
     "buffered_sums",
     "init_fedbuff_state",
-    "ledger_record",
     "make_fedbuff_step",
-    "run",
     "simulate",
     "staleness_weight",
     "sync_round_times",

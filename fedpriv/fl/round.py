@@ -59,7 +59,7 @@ def split_round_key(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
 
     A single key (``privacy.noise_source=seeded``) is split into the clients' and the
     aggregation's keys and is itself the round key (availability draws). A stack of three
-    keys (``secure``: :meth:`fedpriv.fl.loop.Experiment.round_key`) already holds them, the
+    keys (``secure``: :meth:`fedpriv.fl.experiment.Experiment.round_key`) already holds them, the
     noise key drawn from a root the operating system's CSPRNG provided.
     """
     if key.shape == (3,):
@@ -220,6 +220,72 @@ def sharded_cohort_sums(local: Callable, mesh: jax.sharding.Mesh | None) -> Call
     )
 
 
+def server_update(
+    state: ServerState,
+    aggregator: Aggregator,
+    server_opt: optax.GradientTransformation,
+    sums: tuple[PyTree, jax.Array, dict],
+    noise_key: jax.Array,
+    rescale: Callable[[PyTree], tuple[PyTree, dict]] | None = None,
+) -> tuple[ServerState, PyTree, dict[str, jax.Array]]:
+    """The server half of every round and server step: the aggregator's ``finalize`` (for
+    DP: noise on the sum, division by the public denominator), an optional ``rescale`` of
+    the mean update (FedNova's ``tau_eff``), then the server optimizer on ``-mean_update``
+    as a pseudo-gradient (Reddi et al. 2021).
+
+    Args:
+        state: the server state before the step.
+        aggregator: the run's aggregator.
+        server_opt: the server optimizer.
+        sums: ``(total, total_weight, stats)`` of the contributions (:func:`cohort_sums`).
+        noise_key: the aggregation (noise) key of the round.
+        rescale: ``mean_update -> (mean_update, metrics)``, or None.
+
+    Returns:
+        ``(new_state, mean_update, metrics)``; ``new_state.round`` is one more.
+
+    Privacy:
+        What ``aggregator.finalize`` releases; everything after it (rescale by a public
+        value, the optimizer) is post-processing.
+    """
+    total, total_weight, stats = sums
+    mean_update, agg_state, metrics = aggregator.finalize(
+        total, total_weight, stats, state.agg_state, noise_key
+    )
+    if rescale is not None:
+        mean_update, more = rescale(mean_update)
+        metrics = {**metrics, **more}
+    pseudo_grad = jax.tree.map(jnp.negative, mean_update)
+    updates, opt_state = server_opt.update(pseudo_grad, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return ServerState(params, opt_state, agg_state, state.round + 1), mean_update, metrics
+
+
+def cohort_metrics(
+    per_client: dict[str, jax.Array], real: jax.Array, trained: jax.Array | None = None
+) -> dict[str, jax.Array]:
+    """The clients' side of a round's metrics (diagnostics: not noised).
+
+    Args:
+        per_client: ``loss[C]``, ``steps[C]``, ``finite[C]`` of :func:`cohort_sums`.
+        real: ``real[C]``, the slots that hold a client.
+        trained: ``trained[C]``, the slots that trained locally (default: ``real``).
+
+    Returns:
+        ``train_loss`` (mean over finite trained clients), ``clients``,
+        ``nonfinite_clients`` and ``local_steps`` (mean over trained clients).
+    """
+    trained = real if trained is None else trained
+    finite = per_client["finite"]
+    n_trained = jnp.maximum(jnp.sum(trained), 1)
+    return {
+        "train_loss": jnp.sum(per_client["loss"]) / jnp.maximum(jnp.sum(trained & finite), 1),
+        "clients": jnp.sum(real),
+        "nonfinite_clients": jnp.sum(real & ~finite),
+        "local_steps": jnp.sum(per_client["steps"]) / n_trained,
+    }
+
+
 def make_round(
     client_update: Callable[[PyTree, ClientBatch, jax.Array], ClientOutput],
     aggregator: Aggregator,
@@ -278,35 +344,29 @@ def make_round(
         (total, total_w, stats), per_client = sums_fn(
             state.params, state.agg_state, inputs, client_key
         )
-        mean_update, agg_state, agg_metrics = aggregator.finalize(
-            total, total_w, stats, state.agg_state, agg_key
-        )
+        rescale = None
         if edge is not None:
-            mean_update, more = edge.rescale(mean_update, per_client, inputs)
-            edge_metrics = {**edge_metrics, **more}
-        pseudo_grad = jax.tree.map(jnp.negative, mean_update)
-        updates, opt_state = server_opt.update(pseudo_grad, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+
+            def rescale(mean_update):
+                return edge.rescale(mean_update, per_client, inputs)
+
+        new_state, mean_update, agg_metrics = server_update(
+            state, aggregator, server_opt, (total, total_w, stats), agg_key, rescale
+        )
         real = inputs.client_mask > 0
-        n_real = jnp.sum(real)
-        finite = per_client["finite"]
-        trained, n_trained = real, n_real
+        trained = real
         extra = {}
         if canaries is not None:
             planted = real & canaries.is_canary(inputs.client_ids)
             trained = real & ~planted
-            n_trained = jnp.sum(trained)
             extra["canaries"] = jnp.sum(planted)
         metrics = {
-            "train_loss": jnp.sum(per_client["loss"]) / jnp.maximum(jnp.sum(trained & finite), 1),
-            "clients": n_real,
-            "nonfinite_clients": jnp.sum(real & ~finite),
-            "local_steps": jnp.sum(per_client["steps"]) / jnp.maximum(n_trained, 1),
+            **cohort_metrics(per_client, real, trained),
             "update_norm": optax.tree.norm(mean_update),
             **extra,
             **edge_metrics,
             **agg_metrics,
         }
-        return ServerState(params, opt_state, agg_state, state.round + 1), metrics
+        return new_state, metrics
 
     return round_fn

@@ -149,14 +149,14 @@ def test_reference_matches_the_round_to_float32_rounding(honest):
     reference's disagreement with the vmapped, jitted round: float32 rounding only."""
     import jax
 
-    from fedpriv.fl import loop
+    from fedpriv.fl import experiment
     from fedpriv.privacy.noise import gaussian_like
 
     run = read_run(honest("seeded"))
     replay = replay_last_round(run)
-    round_key = jax.random.fold_in(loop.purpose_key(0, loop.KEY_ROUND), 3)
+    round_key = jax.random.fold_in(experiment.purpose_key(0, experiment.KEY_ROUND), 3)
     noise_key = jax.random.split(jax.random.split(round_key)[1])[0]
-    params = loop.build(run.config).initial_params
+    params = experiment.build(run.config).initial_params
     noise = gaussian_like(params, 1.0 * 1.0, noise_key)
     noise = np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(noise)])
     disagreement = replay.residual - noise / 10

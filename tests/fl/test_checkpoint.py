@@ -116,7 +116,7 @@ def test_replayed_rounds_are_ledger_events_that_count():
 
 def test_fault_injection_makes_only_the_chosen_clients_nan():
     from fedpriv.data import load
-    from fedpriv.fl.loop import inject_faults
+    from fedpriv.fl.experiment import inject_faults
 
     data = load(
         {"name": "digits", "num_clients": 10, "partition": {"kind": "iid"}},

@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 
 from fedpriv.cli._hydra import compose
 from fedpriv.config import validate
-from fedpriv.fl import loop
+from fedpriv.fl import experiment
 
 
 def _cfg(*overrides):
@@ -26,7 +26,7 @@ def test_poisson_cohorts_of_varying_size_compile_once():
         "privacy.target_epsilon=null",
         "privacy.noise_multiplier=1.0",
     )
-    exp = loop.build(cfg)
+    exp = experiment.build(cfg)
     state = exp.state
     sizes = []
     for rnd in range(1, 9):

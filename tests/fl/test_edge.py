@@ -119,12 +119,12 @@ def test_default_configuration_builds_no_edge_stage_and_no_local_options():
 
 def test_dropout_zero_and_no_stragglers_leave_a_run_bit_equal(tmp_path):
     """Through the configuration: every option at its no-op setting equals the default run."""
-    from fedpriv.fl import loop
+    from fedpriv.fl import experiment
 
     def final(*overrides):
         cfg = runs.compose(*runs.DEBUG, "rounds=2", *overrides)
         validate(cfg)
-        exp = loop.build(cfg)
+        exp = experiment.build(cfg)
         state = exp.state
         for rnd in (1, 2):
             state, _ = exp.round_fn(state, exp.cohort(rnd), exp.round_key(rnd))

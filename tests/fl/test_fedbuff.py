@@ -1,5 +1,8 @@
 """FedBuff: the schedule, staleness weights, the reduction to synchronous rounds, the ledger."""
 
+import json
+import signal
+
 import jax
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ from fedpriv import accounting
 from fedpriv.cli._hydra import compose
 from fedpriv.config import validate
 from fedpriv.errors import ConfigError
-from fedpriv.fl import fedbuff, loop
+from fedpriv.fl import experiment, fedbuff, loop
 from fedpriv.fl.fedbuff import DelayModel, simulate, staleness_weight, sync_round_times
 from fedpriv.fl.round import RoundInputs
 from tests.audit import runs
@@ -113,11 +116,11 @@ def test_concurrency_k_and_no_delay_spread_is_the_synchronous_round():
         "async.accounting=uniform_subset",
     )
     fb = fedbuff.build(cfg)
-    sync = loop.build({**cfg, "async": {"name": "none"}})  # fixed cohorts of 5, same plan
+    sync = experiment.build({**cfg, "async": {"name": "none"}})  # fixed cohorts of 5, same plan
     assert np.all(fb.schedule.staleness == 0)
     state, sync_state = fb.state, sync.state
     for t in range(4):
-        state, metrics = fb.step_fn(state, fb.inputs(t), fb.step_key(t))
+        state, metrics = fb.step(state, fb.inputs(t + 1), fb.key(t + 1))
         ids = fb.schedule.client_ids[t]
         slots = sync.plan.slots
         pad = np.zeros(slots - len(ids), np.int64)
@@ -128,8 +131,8 @@ def test_concurrency_k_and_no_delay_spread_is_the_synchronous_round():
             _flat(state.server.params), _flat(sync_state.params), rtol=1e-6, atol=1e-7
         )
         assert float(metrics["staleness_weight_mean"]) == 1.0
-        rec = fedbuff.ledger_record(fb, t + 1, loop._to_python(metrics))
-        assert rec == sync.privacy.ledger_record(t + 1, loop._to_python(sync_metrics))
+        rec = fb.ledger_record(t + 1, loop.to_python(metrics))
+        assert rec == sync.privacy.ledger_record(t + 1, loop.to_python(sync_metrics))
     # The ring buffer holds the newest version in slot v % (S + 1).
     depth = fb.config.max_staleness + 1
     newest = jax.tree.map(lambda r: r[4 % depth], state.ring)
@@ -141,13 +144,13 @@ def test_a_stale_arrival_trains_from_its_own_version():
     cfg = _cfg("rounds=3", "async=fedbuff", "async.buffer_size=4", "async.concurrency=8")
     fb = fedbuff.build(cfg)
     state = fb.state
-    for t in range(2):
-        state, _ = fb.step_fn(state, fb.inputs(t), fb.step_key(t))
-    inp = fb.inputs(2)
+    for t in (1, 2):
+        state, _ = fb.step(state, fb.inputs(t), fb.key(t))
+    inp = fb.inputs(3)
     zero = inp._replace(slot=inp.slot * 0, staleness=inp.staleness * 0)
-    new_a, _ = fb.step_fn(state, zero, fb.step_key(2))
+    new_a, _ = fb.step(state, zero, fb.key(3))
     current = inp._replace(slot=inp.slot * 0 + 2, staleness=inp.staleness * 0)
-    new_b, _ = fb.step_fn(state, current, fb.step_key(2))
+    new_b, _ = fb.step(state, current, fb.key(3))
     assert not np.allclose(_flat(new_a.server.params), _flat(new_b.server.params))
 
 
@@ -197,17 +200,54 @@ def test_run_writes_staleness_metrics_and_one_event_per_server_step(tmp_path, mo
     assert (tmp_path / "final_params.npz").exists() and (tmp_path / "checkpoints").is_dir()
 
 
-def test_runs_are_deterministic_for_a_seed(tmp_path):
-    cfg = _cfg("rounds=3", "async=fedbuff", "async.buffer_size=4", "async.concurrency=8")
+def test_runs_are_deterministic_and_resume_exactly_after_sigterm(tmp_path):
+    """Two runs of a seed agree; a run stopped by SIGTERM after step 2 (through the host
+    driver's signal handling) and resumed ends bit-identical, with ``checkpoint.keep=null``."""
+    cfg = _cfg(
+        *DP,
+        "rounds=4",
+        "async=fedbuff",
+        "async.buffer_size=4",
+        "async.concurrency=8",
+        "checkpoint.keep=null",
+        "checkpoint.every=0",
+    )
     loop.run(cfg, tmp_path / "a", progress=False)
     loop.run(cfg, tmp_path / "b", progress=False)
     assert runs.without_seconds(_records(tmp_path / "a" / "metrics.jsonl")) == runs.without_seconds(
         _records(tmp_path / "b" / "metrics.jsonl")
     )
+
+    exp = fedbuff.build(cfg)
+    step = exp.step
+
+    def step_then_sigterm(state, inputs, key):
+        out = step(state, inputs, key)
+        if exp.completed(out[0]) == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return out
+
+    exp.step = step_then_sigterm
+    settings = loop.RunSettings.from_config(cfg)
+    with pytest.raises(loop.Interrupted) as stop:
+        loop.drive(exp, settings, tmp_path / "c", cfg, progress=False)
+    assert stop.value.round == 2 and (tmp_path / "c" / "checkpoints" / "2").is_dir()
+    assert len(_records(tmp_path / "c" / "ledger.jsonl")) == 2
+    summary = loop.run({**cfg, "resume": True}, tmp_path / "c", progress=False)
+    assert summary["resumed_from"] == 2 and summary["replayed_rounds"] == 0
+    assert (
+        summary["epsilon"] == json.loads((tmp_path / "a" / "summary.json").read_text())["epsilon"]
+    )
+    assert runs.without_seconds(_records(tmp_path / "c" / "metrics.jsonl")) == runs.without_seconds(
+        _records(tmp_path / "a" / "metrics.jsonl")
+    )
+    for name in ("a", "b", "c"):
+        assert (tmp_path / name / "summary.json").exists()
     a = np.load(tmp_path / "a" / "final_params.npz")
-    b = np.load(tmp_path / "b" / "final_params.npz")
-    for k in a.files:
-        np.testing.assert_array_equal(a[k], b[k])
+    for name in ("b", "c"):
+        other = np.load(tmp_path / name / "final_params.npz")
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], other[k])
 
 
 def test_fedbuff_reaches_synchronous_accuracy_at_equal_server_steps(tmp_path):

@@ -13,7 +13,7 @@ from fedpriv.accounting import RoundEvent
 from fedpriv.cli._hydra import compose
 from fedpriv.config import validate
 from fedpriv.errors import ConfigError
-from fedpriv.fl import loop
+from fedpriv.fl import experiment, loop
 from fedpriv.fl.aggregators import weighted_mean
 from fedpriv.fl.hierarchy import (
     GatewaySampler,
@@ -120,8 +120,8 @@ def test_secure_aggregation_per_gateway_equals_flat_bit_for_bit():
         "privacy.noise_multiplier=0.5",
         "secagg=fast",
     )
-    exp_flat = loop.build(cfg)
-    exp_tier = loop.build({**cfg, "hierarchy": {"name": "gateways", "gateways": 4}})
+    exp_flat = experiment.build(cfg)
+    exp_tier = experiment.build({**cfg, "hierarchy": {"name": "gateways", "gateways": 4}})
     batch = exp_flat.cohort(1)
     key = exp_flat.round_key(1)
     s1, m1 = exp_flat.round_fn(exp_flat.state, batch, key)

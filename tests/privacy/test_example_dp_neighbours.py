@@ -56,13 +56,13 @@ def _write(path, n):
 
 def _release(tmp_path, name, n, seed):
     """(parameter change, ledger, summary) of one run on the data set with ``n`` examples."""
-    from fedpriv.fl import checkpoint, loop
+    from fedpriv.fl import checkpoint, experiment
 
     data = _write(tmp_path / f"{name}.npz", n)
     run_dir = tmp_path / name
     overrides = (*OVERRIDES, f"dataset.path={data}", f"seed={seed}")
     runs.train(run_dir, *overrides)
-    initial = loop.build(runs.compose(*runs.DEBUG, *overrides)).initial_params
+    initial = experiment.build(runs.compose(*runs.DEBUG, *overrides)).initial_params
     final = checkpoint.load_final_params(run_dir)
     start = checkpoint.flatten(initial)
     assert sorted(final) == sorted(start)

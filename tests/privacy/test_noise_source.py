@@ -35,7 +35,7 @@ def _rebuilt_noise(run_dir):
     """The noise of round 1 as the seed determines it, scaled as the release holds it."""
     from omegaconf import OmegaConf
 
-    from fedpriv.fl import checkpoint, loop
+    from fedpriv.fl import checkpoint, experiment
     from fedpriv.privacy.noise import gaussian_like
 
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
@@ -43,7 +43,7 @@ def _rebuilt_noise(run_dir):
     round_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 3), 1)
     agg_key = jax.random.split(round_key)[1]
     update_key = jax.random.split(agg_key)[0]  # DP-FedAvg: the update sum's noise
-    initial = loop.build(cfg).initial_params
+    initial = experiment.build(cfg).initial_params
     z, c = cfg["privacy"]["noise_multiplier"], cfg["privacy"]["clip_norm"]
     m = cfg["sampling"]["cohort_size"]
     noise = gaussian_like(initial, z * c, update_key)

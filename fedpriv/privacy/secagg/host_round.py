@@ -28,7 +28,13 @@ import numpy as np
 import optax
 
 from fedpriv.fl.aggregators import Aggregator
-from fedpriv.fl.round import RoundInputs, ServerState, client_contribution, split_round_key
+from fedpriv.fl.round import (
+    RoundInputs,
+    ServerState,
+    client_contribution,
+    server_update,
+    split_round_key,
+)
 from fedpriv.privacy.secagg import protocol
 from fedpriv.privacy.secagg.fast import SecAggSpec
 
@@ -61,14 +67,10 @@ def make_protocol_round(
 
     @jax.jit
     def finish(state: ServerState, total, total_w, stats, agg_key):
-        mean, agg_state, metrics = aggregator.finalize(
-            total, total_w, stats, state.agg_state, agg_key
+        new_state, mean, metrics = server_update(
+            state, aggregator, server_opt, (total, total_w, stats), agg_key
         )
-        pseudo_grad = jax.tree.map(jnp.negative, mean)
-        updates, opt_state = server_opt.update(pseudo_grad, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "update_norm": optax.tree.norm(mean)}
-        return ServerState(params, opt_state, agg_state, state.round + 1), metrics
+        return new_state, {**metrics, "update_norm": optax.tree.norm(mean)}
 
     def round_fn(state: ServerState, inputs: RoundInputs, key: jax.Array):
         client_key, agg_key, _ = split_round_key(key)
