@@ -1,7 +1,10 @@
-"""fedpriv: privacy-preserving federated learning research on JAX."""
+"""fedpriv: privacy-preserving federated learning research on JAX.
 
-from fedpriv._cpu_devices import expose_cpu_cores as _expose_cpu_cores
+Importing fedpriv changes nothing in the process; a program that wants one XLA device per
+CPU core calls :func:`expose_cpu_devices` before JAX starts (the ``fedpriv-*`` commands do).
+"""
 
-_expose_cpu_cores()
+from fedpriv._cpu_devices import expose_cpu_devices
 
+__all__ = ["expose_cpu_devices"]
 __version__ = "0.1.0"

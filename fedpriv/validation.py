@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from fedpriv.errors import ConfigError
+from fedpriv.fl import checkpoint
+from fedpriv.fl.edge import read_trace
 
 #: Configuration keys that may differ when a run is resumed: they do not change what the
 #: finished rounds computed. Everything else must equal the configuration of the checkpoint.
@@ -172,8 +175,6 @@ def check_data_files(cfg: Mapping[str, Any]) -> None:
         check_npz_layout(npz_headers(path), path, (cfg.get("model") or {}).get("name"))
     availability = cfg.get("availability") or {}
     if availability.get("kind") == "trace":
-        from fedpriv.fl.edge import read_trace
-
         read_trace(availability.get("path"))
 
 
@@ -254,8 +255,6 @@ def check_resume(run_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> None:
     Raises:
         ConfigError: naming the file or the configuration key that does not fit.
     """
-    from fedpriv.fl import checkpoint
-
     run_dir = Path(run_dir)
     if not run_dir.exists():
         return
@@ -264,8 +263,6 @@ def check_resume(run_dir: str | os.PathLike, cfg: Mapping[str, Any]) -> None:
     if found is not None:
         saved, source = found[1]["config"], found[0] / checkpoint.META_FILE
     elif (run_dir / ".hydra" / "config.yaml").is_file():
-        from omegaconf import OmegaConf
-
         source = run_dir / ".hydra" / "config.yaml"
         try:
             saved = OmegaConf.to_container(OmegaConf.load(source), resolve=True)

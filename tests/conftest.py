@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
+import fedpriv
+
 REPO = Path(__file__).resolve().parent.parent
+
+# One XLA CPU device per core, as the fedpriv-* commands ask for: the sharding tests and the
+# tests that need several devices rely on it, and XLA reads the count only when JAX starts.
+fedpriv.expose_cpu_devices()
 
 # One persistent XLA compilation cache for the whole test session, shared by the xdist workers
 # and every fedpriv-train the tests start (they inherit the environment): most runs compile

@@ -9,8 +9,8 @@ depend on the pixel values).
 fedpriv and a sequential PyTorch loop over the same clients run in this one process (the
 PyTorch rounds first), and the ratio of their median client updates per second is reported.
 With ``--devices N`` the cohort is sharded over N XLA devices; on a CPU these are one device
-per core (``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which fedpriv sets itself
-when imported first, see the README).
+per core (``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which
+:func:`fedpriv.expose_cpu_devices` sets at the start of :func:`main`).
 
     python experiments/benchmarks/fedavg_2nn.py --cohort 1000 --rounds 5 [--dp] [--json]
 """
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedpriv import models
+from fedpriv import expose_cpu_devices, models
 from fedpriv.data import PopulationStore
 from fedpriv.fl import lowrank, planner
 from fedpriv.fl.aggregators import weighted_mean
@@ -114,6 +114,7 @@ def torch_loop(store: PopulationStore, ids: np.ndarray, dp: bool, net, xs, ys):
 
 
 def main(argv=None) -> dict:
+    expose_cpu_devices()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cohort", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5)

@@ -20,6 +20,8 @@ import dp_accounting
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from fedpriv._logs import quiet_rdp_orders
+from fedpriv.accounting import distributed
 from fedpriv.accounting.events import REPLACE_ONE, RoundEvent
 
 _DP_ORDERS = np.asarray(rdp_privacy_accountant.DEFAULT_RDP_ORDERS, dtype=np.float64)
@@ -29,6 +31,7 @@ def orders(accountant: str) -> np.ndarray:
     """The RDP orders of an RDP accountant backend."""
     if accountant == "rdp":
         return _DP_ORDERS
+    # opacus imports torch (seconds); only the opacus_rdp backend needs it.
     from opacus.accountants import RDPAccountant
 
     return np.asarray(RDPAccountant.DEFAULT_ALPHAS, dtype=np.float64)
@@ -45,8 +48,6 @@ def round_rdp(event: RoundEvent, accountant: str) -> np.ndarray:
         float64 array of RDP values (``inf`` where unbounded).
     """
     if event.is_distributed:
-        from fedpriv.accounting import distributed
-
         if accountant != "rdp":
             raise event.unsupported(repr(accountant))
         return distributed.round_rdp(event, _DP_ORDERS)
@@ -59,7 +60,8 @@ def round_rdp(event: RoundEvent, accountant: str) -> np.ndarray:
         acc = rdp_privacy_accountant.RdpAccountant(
             orders=list(_DP_ORDERS), neighboring_relation=relation
         )
-        acc.compose(event.dp_event())
+        with quiet_rdp_orders():
+            acc.compose(event.dp_event())
         # The library keeps the composed RDP vector in ``_rdp``; it has no public getter.
         return np.array(acc._rdp, dtype=np.float64)
     from opacus.accountants.analysis import rdp as opacus_rdp

@@ -31,7 +31,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import dp_accounting
 import numpy as np
+from dp_accounting.rdp import rdp_privacy_accountant
+from scipy import optimize, special
 
 from fedpriv.errors import ConfigError
 
@@ -84,8 +87,6 @@ def gaussian_delta(noise_multiplier: float, epsilon: float) -> float:
         Balle, Wang, "Improving the Gaussian Mechanism for Differential Privacy: Analytical
         Calibration and Optimal Denoising", ICML 2018, Theorem 8.
     """
-    from scipy import special
-
     s = float(noise_multiplier)
     log_a = special.log_ndtr(0.5 / s - epsilon * s)
     log_b = epsilon + special.log_ndtr(-0.5 / s - epsilon * s)
@@ -101,8 +102,6 @@ def gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
     _check(1.0, noise_multiplier, 1, delta)
     if gaussian_delta(noise_multiplier, 0.0) <= delta:
         return 0.0
-    from scipy import optimize
-
     hi = 1.0
     while gaussian_delta(noise_multiplier, hi) > delta:
         hi *= 2.0
@@ -183,7 +182,6 @@ def strong_composition_epsilon(
         their per-step bound and split of delta, which the paper does not state).
     """
     _check(sampling_rate, noise_multiplier, steps, delta)
-    from scipy import optimize
 
     def parts(f: float) -> StrongComposition:
         slack = f * delta
@@ -250,9 +248,6 @@ def moments_accountant_epsilon(
     _check(sampling_rate, noise_multiplier, steps, delta)
     if not orders or any(int(a) != a or a < 2 for a in orders):
         raise ConfigError("orders", "must be integers >= 2")
-    import dp_accounting
-    from dp_accounting.rdp import rdp_privacy_accountant
-
     acc = rdp_privacy_accountant.RdpAccountant(orders=[float(a) for a in orders])
     acc.compose(
         dp_accounting.PoissonSampledDpEvent(

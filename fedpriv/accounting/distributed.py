@@ -64,7 +64,10 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+from scipy.special import gammaln, logsumexp
 
+from fedpriv.accounting._search import smallest_noise
+from fedpriv.accounting.events import REPLACE_ONE
 from fedpriv.errors import ConfigError
 
 DISTRIBUTED_MECHANISMS: tuple[str, ...] = ("skellam", "discrete_gaussian")
@@ -162,8 +165,6 @@ def subsampled_rdp(orders: np.ndarray, base_rdp: Callable[[np.ndarray], np.ndarr
     Privacy:
         ``(alpha, eps'(alpha))``-RDP under replace-one adjacency of the subsampled mechanism.
     """
-    from scipy.special import gammaln, logsumexp
-
     a = np.asarray(orders, np.float64)
     top = max(int(np.ceil(a.max())), 2)
     js = np.arange(2, top + 1)
@@ -216,8 +217,6 @@ def round_rdp(event, orders: np.ndarray) -> np.ndarray:
         cohorts); amplification by sampling without replacement only for records marked
         ``amplification: "sampling"`` (fixed cohorts smaller than the population).
     """
-    from fedpriv.accounting.events import REPLACE_ONE
-
     if event.noise_multiplier == 0.0:
         return np.full(np.shape(orders), np.inf)
     factor = 2.0 if event.neighboring_relation == REPLACE_ONE else 1.0
@@ -245,8 +244,6 @@ def calibrate(
         ConfigError: naming ``target_epsilon`` when it cannot be met below ``max_noise``.
     """
     del delta  # part of epsilon_of; kept for the calibrate_noise-like signature
-    from fedpriv.accounting.calibration import smallest_noise
-
     return smallest_noise(
         epsilon_of,
         target_epsilon,

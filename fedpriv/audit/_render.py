@@ -17,6 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from matplotlib.figure import Figure
+
+from fedpriv.audit.empirical import power_sentence
 from fedpriv.audit.verdict import AuditReport
 from fedpriv.errors import ConfigError
 
@@ -108,8 +112,6 @@ def _float(x: Any) -> float | None:
 
 def power_line(report: AuditReport) -> str | None:
     """What the canaries can refute, in one sentence (None without an empirical result)."""
-    from fedpriv.audit.empirical import power_sentence
-
     emp = report.empirical
     if emp is None or emp.get("refutable_epsilon") is None:
         return None
@@ -304,42 +306,35 @@ def histogram_png(empirical: dict[str, Any], analytical: float | None = None) ->
     distribution; the separation of the inserted ones is what the empirical epsilon measures
     (Andrew et al., "One-shot Empirical Privacy Estimation for Federated Learning", ICLR 2024).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    # matplotlib's object API, not pyplot: no backend is chosen and no global figure is kept.
     inserted = np.asarray(empirical.get("inserted_cosines") or [], dtype=float)
     unseen = np.asarray(empirical.get("unseen_cosines") or [], dtype=float)
     both = np.concatenate([inserted, unseen])
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
-    try:
-        if both.size:
-            lo, hi = float(both.min()), float(both.max())
-            if lo == hi:
-                lo, hi = lo - 0.5, hi + 0.5
-            bins = np.linspace(lo, hi, 31)
-            if unseen.size:
-                ax.hist(unseen, bins=bins, alpha=0.6, label=f"unseen ({unseen.size})")
-            if inserted.size:
-                ax.hist(inserted, bins=bins, alpha=0.6, label=f"inserted ({inserted.size})")
-            ax.legend()
-        title = (
-            f"canary cosines: epsilon estimate {_num(_float(empirical.get('epsilon_estimate')))}, "
-            f"lower bound {_num(float(empirical['epsilon_lower_bound']))}"
-        )
-        if analytical is not None:
-            title += f" (analytical {_num(analytical)})"
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("cosine between canary and final model delta")
-        ax.set_ylabel("canaries")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(7, 3.6), dpi=100)
+    ax = fig.subplots()
+    if both.size:
+        lo, hi = float(both.min()), float(both.max())
+        if lo == hi:
+            lo, hi = lo - 0.5, hi + 0.5
+        bins = np.linspace(lo, hi, 31)
+        if unseen.size:
+            ax.hist(unseen, bins=bins, alpha=0.6, label=f"unseen ({unseen.size})")
+        if inserted.size:
+            ax.hist(inserted, bins=bins, alpha=0.6, label=f"inserted ({inserted.size})")
+        ax.legend()
+    title = (
+        f"canary cosines: epsilon estimate {_num(_float(empirical.get('epsilon_estimate')))}, "
+        f"lower bound {_num(float(empirical['epsilon_lower_bound']))}"
+    )
+    if analytical is not None:
+        title += f" (analytical {_num(analytical)})"
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("cosine between canary and final model delta")
+    ax.set_ylabel("canaries")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 def json_report(report: AuditReport) -> str:

@@ -79,11 +79,17 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from scipy import stats
 
 from fedpriv.audit._files import RunFiles
 from fedpriv.audit.consistency import FAIL, NA, PASS, Check
 from fedpriv.errors import ConfigError
+from fedpriv.fl import experiment
+from fedpriv.fl.checkpoint import flatten, leaf_name, load_final_params, restore_step
 
 #: The check's false-failure rate on an honest run (Bonferroni over its tests).
 FALSE_FAILURE_RATE = 1e-3
@@ -146,8 +152,6 @@ def residual_tests(
         The tests performed; the residual is refuted when any is :attr:`NoiseTest.rejected`.
         Under the null hypothesis that happens with probability at most ``alpha``.
     """
-    from scipy import stats
-
     r = np.asarray(residual, dtype=np.float64).ravel()
     d = r.size
     if not std > 0 or d == 0:
@@ -191,8 +195,6 @@ def detectable_std_ratios(d: int, level: float) -> tuple[float, float]:
     A true std below the first or above the second is detected with probability at least
     about 1/2 by the chi-square test alone at ``level`` (two-sided).
     """
-    from scipy import stats
-
     return (
         math.sqrt(stats.chi2.ppf(level / 2, d) / d),
         math.sqrt(stats.chi2.isf(level / 2, d) / d),
@@ -326,8 +328,6 @@ def replay_last_round(run: RunFiles) -> RoundReplay:
             needs was not kept.
         ConfigError: a checkpoint or configuration needed cannot be read.
     """
-    import jax
-
     reason = not_covered(run)
     if reason is not None:
         raise NotReplayable(reason)
@@ -553,8 +553,6 @@ def _verdict(replay: RoundReplay, false_failure_rate: float) -> Check:
 
 def _population(cfg: Mapping[str, Any]):
     """Data, model, sampler and ``n_cap`` of the run, with no mechanism built."""
-    from fedpriv.fl import experiment
-
     plain = {**cfg, "privacy": {"name": "none"}, "canaries": {"count": 0}}
     return experiment.build(plain)
 
@@ -574,8 +572,6 @@ def _server_sgd(alg: Mapping[str, Any]):
     :func:`fedpriv.fl.server.server_optimizer_from_config`: ``server_momentum`` missing or
     null means 0.9 there.
     """
-    import optax
-
     lr = float(alg["server_lr"])
     if alg["name"] == "fedavgm":
         momentum = alg.get("server_momentum")
@@ -584,8 +580,6 @@ def _server_sgd(alg: Mapping[str, Any]):
 
 
 def _client_optimizer(client: Mapping[str, Any]):
-    import optax
-
     lr = float(client["lr"])
     if client.get("optimizer", "sgd") == "adam":
         return optax.adam(lr)
@@ -595,8 +589,6 @@ def _client_optimizer(client: Mapping[str, Any]):
 
 def _template(params: Any, server_tx: Any) -> dict[str, Any]:
     """A tree with the leaf names, shapes and dtypes of the stored server state."""
-    import jax
-
     return {
         "params": params,
         "opt_state": jax.tree.map(np.asarray, server_tx.init(params)),
@@ -606,8 +598,6 @@ def _template(params: Any, server_tx: Any) -> dict[str, Any]:
 
 
 def _restore(run_dir, step: int, params0: Any, server_tx: Any) -> dict[str, Any]:
-    from fedpriv.fl.checkpoint import restore_step
-
     state, _ = restore_step(run_dir, step, _template(params0, server_tx))
     if int(state["round"]) != step:
         raise ConfigError(
@@ -627,14 +617,10 @@ def _released_params(run: RunFiles, last: int, params0: Any, server_tx: Any):
     Raises:
         NotReplayable: neither the checkpoint of round R nor its ``final_params.npz`` exists.
     """
-    import jax
-
     ckpt = run.path / "checkpoints" / str(last)
     if ckpt.is_dir():
         return _restore(run.path, last, params0, server_tx)["params"], "checkpoint"
     if (run.path / "final_params.npz").exists() and run.summary_get("rounds") == last:
-        from fedpriv.fl.checkpoint import flatten, load_final_params
-
         try:
             stored = load_final_params(run.path)
         except Exception as err:  # noqa: BLE001 - any read failure: nothing to replay against
@@ -650,8 +636,6 @@ def _released_params(run: RunFiles, last: int, params0: Any, server_tx: Any):
 
 
 def _final_params_agree(run: RunFiles, params_r: Any) -> list[str]:
-    from fedpriv.fl.checkpoint import flatten, load_final_params
-
     try:
         stored = load_final_params(run.path)
     except Exception:  # noqa: BLE001 - compared only when readable
@@ -664,10 +648,6 @@ def _final_params_agree(run: RunFiles, params_r: Any) -> list[str]:
 
 def _segments(tree: Any) -> tuple[tuple[str, int, int], ...]:
     """``(name, start, stop)`` of each leaf of ``tree`` in :func:`_flat`'s order."""
-    import jax
-
-    from fedpriv.fl.checkpoint import leaf_name
-
     out, start = [], 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         size = int(np.size(leaf))
@@ -677,8 +657,6 @@ def _segments(tree: Any) -> tuple[tuple[str, int, int], ...]:
 
 
 def _flat(tree: Any) -> np.ndarray:
-    import jax
-
     return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
 
 
@@ -709,10 +687,6 @@ class _LocalTrainer:
     """
 
     def __init__(self, apply_fn, optimizer):
-        import jax
-        import jax.numpy as jnp
-        import optax
-
         self.optimizer = optimizer
 
         def loss(params, x, y):
@@ -728,8 +702,6 @@ class _LocalTrainer:
 
     def train(self, params, x, y, key, n_cap: int, batch_size: int, epochs: int):
         """``(local params, finite)`` after local training on ``x[count], y[count]``."""
-        import jax
-
         count = len(y)
         shuffle_key, _ = jax.random.split(key)
         epoch_keys = jax.random.split(shuffle_key, epochs)

@@ -31,6 +31,7 @@ from fedpriv.audit.consistency import (
     consistency_audit,
 )
 from fedpriv.audit.disclosure import disclosure_warnings
+from fedpriv.audit.empirical import empirical_audit, empirical_warnings
 from fedpriv.audit.replay import check_noise_replay
 
 #: Format of ``audit.json``.
@@ -200,8 +201,6 @@ def empirical_result(
     """
     if delta is None:
         return None, "the run's delta is unknown"
-    from fedpriv.audit.empirical import empirical_audit
-
     result = empirical_audit(Path(run_dir), delta, confidence, epsilon)
     if result is None:
         return None, "no canaries in this run (no canaries.json)"
@@ -212,8 +211,6 @@ def run_warnings(
     run: RunFiles, acc: AccountingAudit | None, empirical: dict[str, Any] | None
 ) -> list[str]:
     """The warnings of a run with a DP claim: the empirical audit's, then the disclosure ones."""
-    from fedpriv.audit.empirical import empirical_warnings
-
     out = []
     if empirical is not None:
         out += empirical_warnings(empirical, acc.claimed_epsilon if acc is not None else None)

@@ -12,7 +12,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
 
 from fedpriv import validation
 from fedpriv.errors import ConfigError
@@ -44,9 +50,6 @@ def expand_sweep(overrides: list[str]) -> list[list[str]] | None:
 
     Returns None for sweeps the basic expansion cannot enumerate (e.g. Optuna intervals).
     """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
         batches = BasicSweeper.split_arguments(parsed, None)
@@ -55,13 +58,30 @@ def expand_sweep(overrides: list[str]) -> list[list[str]] | None:
     return [list(job) for batch in batches for job in batch]
 
 
-def compose(overrides: list[str]) -> Any:
-    """Composes the configuration (with its ``hydra`` node) for one job's overrides."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import ConfigCompositionException, MissingConfigException
+def compose(overrides: list[str]) -> DictConfig:
+    """The ``fedpriv-train`` configuration that a list of command-line overrides selects.
 
+    The configuration is composed from fedpriv's own config directory exactly as
+    ``fedpriv-train OVERRIDES`` would compose it for one job, without running anything or
+    creating an output directory. Hydra's global state is cleared before and after, so it can
+    be called any number of times, also from inside a program that is not a Hydra app.
+
+    Args:
+        overrides: Hydra overrides of one job, e.g. ``["model=cnn", "rounds=3"]``.
+
+    Returns:
+        The composed configuration, including its ``hydra`` node (unresolved; convert with
+        ``OmegaConf.to_container(cfg, resolve=True)`` after dropping ``hydra``).
+
+    Raises:
+        ConfigError: an unknown config group option (naming the group and its options) or an
+            override Hydra cannot apply (naming ``overrides``).
+
+    Example:
+        >>> from fedpriv.cli import compose
+        >>> compose(["rounds=3"]).rounds
+        3
+    """
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -76,8 +96,6 @@ def compose(overrides: list[str]) -> Any:
 
 
 def _missing_group_message(err: Exception, overrides: list[str]) -> tuple[str, str]:
-    from hydra.core.global_hydra import GlobalHydra  # noqa: F401
-
     options = getattr(err, "options", None) or []
     missing = getattr(err, "missing_cfg_file", "") or ""
     group = missing.split("/")[0] if "/" in missing else "config"

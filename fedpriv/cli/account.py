@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from fedpriv import accounting
+from fedpriv import accounting, expose_cpu_devices
 from fedpriv.errors import ConfigError, exit_on_config_error
 
 # API argument / ledger field -> the flag that sets it.
@@ -236,6 +236,7 @@ def _run(args: argparse.Namespace) -> dict[str, float]:
 @exit_on_config_error
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fedpriv-account``."""
+    expose_cpu_devices()
     args = _parser().parse_args(argv)
     warnings.showwarning = _show_warning
     # dp_accounting logs, through absl, each RDP order it drops for lack of convergence

@@ -23,6 +23,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedpriv import expose_cpu_devices
+from fedpriv.audit import _render
+from fedpriv.audit.verdict import audit_run
 from fedpriv.errors import ConfigError, exit_on_config_error
 
 
@@ -55,12 +58,10 @@ def _parser() -> argparse.ArgumentParser:
 @exit_on_config_error
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fedpriv-audit``; returns (and exits with) the exit status."""
+    expose_cpu_devices()
     args = _parser().parse_args(argv)
     if not 0.0 < args.confidence < 1.0:
         raise ConfigError("--confidence", f"must be in (0, 1), got {args.confidence!r}")
-    from fedpriv.audit import _render
-    from fedpriv.audit.verdict import audit_run
-
     out_dir = Path(args.out) if args.out else Path(args.run_dir)
     if args.out:
         _render.check_out_dir(out_dir)

@@ -22,10 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
+from omegaconf import OmegaConf
 
+from fedpriv import data as data_lib
+from fedpriv import expose_cpu_devices
+from fedpriv.data.download import download
 from fedpriv.data.stats import population_stats
 from fedpriv.errors import ConfigError, exit_on_config_error
+from fedpriv.fl.experiment import KEY_DATA, purpose_key
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "dataset"
 
@@ -53,8 +59,6 @@ def dataset_config(name: str, overrides: Sequence[str]) -> dict[str, Any]:
     Raises:
         ConfigError: an override that is not ``KEY=VALUE``.
     """
-    from omegaconf import OmegaConf
-
     path = CONF_DIR / f"{name}.yaml"
     base = OmegaConf.load(path) if path.is_file() else OmegaConf.create({})
     dotlist = []
@@ -74,10 +78,6 @@ def dataset_config(name: str, overrides: Sequence[str]) -> dict[str, Any]:
 
 def _data_rng(seed: int) -> np.random.Generator:
     """The data generator ``fedpriv-train seed=SEED`` uses."""
-    import jax
-
-    from fedpriv.fl.experiment import KEY_DATA, purpose_key
-
     key = np.asarray(jax.random.key_data(purpose_key(seed, KEY_DATA))).astype(np.uint64)
     return np.random.default_rng(key)
 
@@ -103,16 +103,13 @@ def _format(d: dict[str, Any]) -> str:
 
 @exit_on_config_error
 def main(argv: Sequence[str] | None = None) -> None:
+    expose_cpu_devices()
     args = _parser().parse_args(argv)
     if args.command == "download":
-        from fedpriv.data.download import download
-
         paths = download(args.name, args.root, args.source)
         root = Path(args.root)
         print(f"{args.name}: {len(paths)} files in {root}; use dataset.root={root}")
         return
-    from fedpriv import data as data_lib
-
     if args.name not in data_lib.available():
         raise ConfigError(
             "dataset.name", f"unknown data set {args.name!r}; choose from {data_lib.available()}"

@@ -18,8 +18,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedpriv import validation
+from fedpriv import expose_cpu_devices, validation
 from fedpriv.errors import ConfigError, exit_on_config_error
+from fedpriv.report import make_report
+from fedpriv.report.runs import find_runs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,13 +45,11 @@ def _parser() -> argparse.ArgumentParser:
 
 @exit_on_config_error
 def main(argv: Sequence[str] | None = None) -> int:
+    expose_cpu_devices()
     args = _parser().parse_args(argv)
     if args.out is None and len(args.paths) > 1:
         raise ConfigError("--out", "required when more than one PATH is given")
     out = Path(args.out) if args.out else Path(args.paths[0]) / "report"
-    from fedpriv.report import make_report
-    from fedpriv.report.runs import find_runs
-
     find_runs(args.paths)  # every path is checked before anything is written
     validation.check_output_dir(out, "--out")
     report = make_report(args.paths, out)

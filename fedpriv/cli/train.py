@@ -9,24 +9,30 @@ Examples::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import hydra
+import jax
+from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from fedpriv import expose_cpu_devices, validation
+from fedpriv.cli._hydra import RUN_FILES, check_command_line
 from fedpriv.config import validate
 from fedpriv.errors import ConfigError, fail
+from fedpriv.fl import loop
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def _train(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from fedpriv.fl import loop
-
+    # A job started by a launcher in a fresh process (joblib, submitit) does not pass
+    # through main(); the call changes nothing where main() already ran.
+    expose_cpu_devices()
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
@@ -76,12 +82,6 @@ def sweep_job(cfg: dict, run_dir: str) -> dict | None:
     Raises:
         ConfigError: the directory holds a run made with a different configuration.
     """
-    import json
-    from pathlib import Path
-
-    from fedpriv import validation
-    from fedpriv.cli._hydra import RUN_FILES
-
     path = Path(run_dir)
     if not any((path / f).exists() for f in RUN_FILES):
         return None
@@ -110,9 +110,6 @@ def record_failure(run_dir: str, err: BaseException) -> None:
     """Writes ``failed.json`` (error type, message, rounds logged) into the run directory, so
     that reports show why a job of a sweep died even when its stderr is lost (cluster jobs).
     The exception itself is left to propagate."""
-    import json
-    from pathlib import Path
-
     path = Path(run_dir)
     try:
         with open(path / "metrics.jsonl", encoding="utf-8") as f:
@@ -180,8 +177,6 @@ def use_compilation_cache(path: str | None) -> None:
     """
     if not path:
         return
-    import jax
-
     where = os.path.expanduser(path)
     try:
         os.makedirs(where, exist_ok=True)
@@ -193,7 +188,12 @@ def use_compilation_cache(path: str | None) -> None:
 
 
 def main() -> None:
-    """Console entry point: validates the command line, then hands it to Hydra."""
+    """Console entry point: validates the command line, then hands it to Hydra.
+
+    One XLA device per CPU core is asked for first (:func:`fedpriv.expose_cpu_devices`), so
+    that ``execution.devices=auto`` shards the cohort over every core.
+    """
+    expose_cpu_devices()
     argv = noise_or_target(sys.argv[1:])
     sys.argv = [sys.argv[0], *argv]
     if not any(
@@ -213,8 +213,6 @@ def main() -> None:
         for a in argv
     ):
         try:
-            from fedpriv.cli._hydra import check_command_line
-
             check_command_line(argv, validate)
         except ConfigError as err:
             fail(str(err))

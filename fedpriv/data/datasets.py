@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from sklearn.datasets import load_digits as sk_load_digits
 
 from fedpriv.data import partition as partition_lib
 from fedpriv.data.store import PopulationStore
@@ -143,8 +144,6 @@ def load_digits(cfg: Mapping[str, Any], rng: np.random.Generator) -> FederatedDa
     [0, 1]; images have shape ``(8, 8, 1)``. A stratified ``test_fraction`` is held out, the
     rest is partitioned over ``num_clients`` clients.
     """
-    from sklearn.datasets import load_digits as sk_load_digits
-
     bunch = sk_load_digits()
     x = (bunch.images / 16.0).astype(np.float32)[..., None]
     y = bunch.target.astype(np.int32)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fedpriv import validation
 from fedpriv.data.datasets import (
     FederatedData,
     _number,
@@ -37,8 +38,6 @@ def load_npz(cfg: Mapping[str, Any], rng: np.random.Generator) -> FederatedData:
         ConfigError: naming ``dataset.path`` (file missing or unreadable, wrong arrays,
             shapes, dtypes, labels or non-finite features) or ``dataset.num_clients``.
     """
-    from fedpriv import validation
-
     path = cfg.get("path")
     validation.check_npz_layout(validation.npz_headers(path), path)
     field = "dataset.path"

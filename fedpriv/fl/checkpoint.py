@@ -23,7 +23,6 @@ configuration builds); a problem raises :class:`~fedpriv.errors.ConfigError` nam
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import warnings
@@ -33,7 +32,9 @@ from typing import Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
+from fedpriv._logs import quiet_orbax
 from fedpriv.errors import ConfigError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -176,13 +177,10 @@ class Checkpointer:
         self.root = self.run_dir / CHECKPOINT_DIR
         self.keep = int(keep)
         self._manager = None
-        # orbax logs every read and write through absl at INFO level; keep the run's log quiet.
-        logging.getLogger("absl").setLevel(logging.WARNING)
 
     def _get_manager(self):
+        # Called inside quiet_orbax(): orbax logs every read and write through absl at INFO.
         if self._manager is None:
-            import orbax.checkpoint as ocp
-
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=self.keep,
                 enable_async_checkpointing=False,
@@ -200,8 +198,6 @@ class Checkpointer:
 
     def save(self, step: int, state: PyTree, meta: Mapping[str, Any]) -> Path:
         """Writes checkpoint ``step`` (atomically) and drops the ones beyond ``keep``."""
-        import orbax.checkpoint as ocp
-
         arrays = flatten(state)
         meta = {
             "format": CHECKPOINT_FORMAT,
@@ -209,15 +205,16 @@ class Checkpointer:
             **dict(meta),
             "leaves": describe(state),
         }
-        manager = self._get_manager()
-        manager.save(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        manager.wait_until_finished()
+        with quiet_orbax():
+            manager = self._get_manager()
+            manager.save(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+            manager.wait_until_finished()
         return self.root / str(int(step))
 
     def restore(self, template: PyTree) -> tuple[PyTree, dict[str, Any]] | None:
@@ -242,7 +239,8 @@ class Checkpointer:
 
     def close(self) -> None:
         if self._manager is not None:
-            self._manager.close()
+            with quiet_orbax():
+                self._manager.close()
             self._manager = None
 
 
@@ -275,8 +273,6 @@ def restore_step(
 
 def _read_state(step_dir: Path, meta: Mapping[str, Any], template: PyTree) -> PyTree:
     """The arrays of checkpoint ``step_dir`` (metadata ``meta``) in ``template``'s structure."""
-    import orbax.checkpoint as ocp
-
     expected = describe(template)
     state_dir = step_dir / "state"
     if meta["leaves"] != expected:
@@ -284,7 +280,7 @@ def _read_state(step_dir: Path, meta: Mapping[str, Any], template: PyTree) -> Py
     if not state_dir.is_dir():
         raise ConfigError(str(state_dir), f"is missing{_older(step_dir)}")
     try:
-        with warnings.catch_warnings():  # arrays are placed like ``template`` below
+        with quiet_orbax(), warnings.catch_warnings():  # arrays placed like ``template`` below
             warnings.simplefilter("ignore")
             restored = ocp.PyTreeCheckpointer().restore(state_dir.resolve())
     except Exception as err:  # noqa: BLE001 - any read failure is a bad checkpoint

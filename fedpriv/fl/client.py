@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedpriv.errors import ConfigError
+
 PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
 
@@ -235,8 +237,6 @@ def make_client_optimizer(
     name: str, lr: float, momentum: float = 0.0
 ) -> optax.GradientTransformation:
     """The client's local optimizer: ``sgd`` (with optional momentum) or ``adam``."""
-    from fedpriv.errors import ConfigError
-
     if name == "sgd":
         return optax.sgd(lr, momentum=momentum or None)
     if name == "adam":

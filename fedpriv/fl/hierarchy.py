@@ -64,6 +64,7 @@ import numpy as np
 from fedpriv.errors import ConfigError
 from fedpriv.fl.aggregators import Aggregator, weighted_mean
 from fedpriv.fl.round import RoundInputs, client_contribution
+from fedpriv.fl.sampling import build_sampler
 
 PyTree = Any
 
@@ -363,8 +364,6 @@ class Hierarchy:
         """
         if self.dp_unit == "client":
             return sampler
-        from fedpriv.fl.sampling import build_sampler
-
         kind = sampling_cfg["kind"]
         size = sampling_cfg.get("cohort_size")
         if kind == "fixed" and size is not None and int(size) > self.num_gateways:

@@ -27,12 +27,14 @@ keys (the batch schedule is shared), up to floating-point rounding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from fedpriv.errors import ConfigError
 from fedpriv.fl.aggregators import Aggregator
 from fedpriv.fl.client import batch_schedule
 from fedpriv.fl.round import RoundInputs
@@ -266,8 +268,6 @@ def choose_path(
     Raises:
         ConfigError: ``lowrank`` requested where it does not apply, naming why.
     """
-    from fedpriv.errors import ConfigError
-
     if requested not in PATHS:
         raise ConfigError("execution.path", f"unknown path {requested!r}; choose from {PATHS}")
     if requested != "lowrank":
@@ -298,8 +298,6 @@ def lowrank_chunk(
 ) -> int:
     """Chunk width for the factored path: as wide as the factors fit in ``budget_bytes``
     (up to 512 clients, past which CPU timings stopped improving)."""
-    import math
-
     steps = epochs * math.ceil(n_cap / batch_size)
     per_client = 4 * steps * batch_size * sum(i + o for i, o in layer_dims) * 3
     per_client += 4 * n_cap * n_cap

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import jax
+import numpy as np
 
 from fedpriv.errors import ConfigError
 
@@ -125,8 +127,6 @@ def make_mesh(num_devices: int) -> jax.sharding.Mesh | None:
     """A one-axis ``clients`` mesh over the first ``num_devices`` local devices (None for 1)."""
     if num_devices <= 1:
         return None
-    import numpy as np
-
     return jax.sharding.Mesh(np.array(jax.local_devices()[:num_devices]), ("clients",))
 
 
@@ -147,8 +147,6 @@ def available_bytes() -> int | None:
         return int(psutil.virtual_memory().available)
     except Exception:  # noqa: BLE001 - psutil missing or unsupported platform
         try:
-            import os
-
             return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError, AttributeError):
             return None

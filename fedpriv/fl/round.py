@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec as P
 
 from fedpriv.fl.aggregators import Aggregator
 from fedpriv.fl.canaries import CanarySpec
@@ -203,7 +204,6 @@ def sharded_cohort_sums(local: Callable, mesh: jax.sharding.Mesh | None) -> Call
     """
     if mesh is None:
         return local
-    from jax.sharding import PartitionSpec as P
 
     def per_device(params, agg_state, inputs, client_key):
         sums, per_client = local(params, agg_state, inputs, client_key)

@@ -5,17 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
 from fedpriv.report.runs import FINISHED, Run
 from fedpriv.report.tables import BUDGET_KEYS, REPEAT_KEYS, Group
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+# Figures are built with matplotlib's object API, not pyplot: no backend is chosen and no
+# global figure is kept, so drawing a report changes nothing in the caller's matplotlib.
 
 
 def _label(setting: dict, keys: Sequence[str]) -> str:
@@ -39,8 +37,8 @@ def privacy_utility(groups: Sequence[Group], keys: Sequence[str], stem: Path) ->
         series.setdefault(_label(g.setting, line_keys), []).append((eps, acc, eps_sd, acc_sd))
     if not series:
         return []
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
     for label, pts in series.items():
         pts.sort()
         ax.errorbar(
@@ -52,8 +50,6 @@ def privacy_utility(groups: Sequence[Group], keys: Sequence[str], stem: Path) ->
             capsize=3,
             label=label,
         )
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
     ax.set_xscale("log")
     ticks = sorted({round(p[0], 3) for pts in series.values() for p in pts})
     if len(ticks) <= 12:
@@ -67,7 +63,7 @@ def privacy_utility(groups: Sequence[Group], keys: Sequence[str], stem: Path) ->
     ax.grid(True, which="both", alpha=0.3)
     if len(series) > 1 or line_keys:
         ax.legend(fontsize=8)
-    return _save(fig, plt, stem)
+    return _save(fig, stem)
 
 
 def accuracy_vs_round(
@@ -78,9 +74,9 @@ def accuracy_vs_round(
     if not any(r.curve for r in runs):
         return []
     group_keys = [k for k in keys if k not in REPEAT_KEYS]
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, g in enumerate(groups):
         colour = colours[i % len(colours)]
         labelled = False
@@ -103,15 +99,14 @@ def accuracy_vs_round(
     ax.grid(True, alpha=0.3)
     if len(groups) <= 12:
         ax.legend(fontsize=7)
-    return _save(fig, plt, stem)
+    return _save(fig, stem)
 
 
-def _save(fig, plt, stem: Path) -> list[Path]:
+def _save(fig: Figure, stem: Path) -> list[Path]:
     fig.tight_layout()
     out = []
     for ext in ("png", "svg"):
         path = stem.with_suffix(f".{ext}")
         fig.savefig(path, dpi=130)
         out.append(path)
-    plt.close(fig)
     return out

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from fedpriv.errors import ConfigError
 from fedpriv.privacy.release import flatten
 
@@ -189,8 +191,6 @@ def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         return None
     try:
-        from omegaconf import OmegaConf
-
         return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception:  # noqa: BLE001 - a damaged file makes the run unreadable, not the report
         return None

@@ -212,10 +212,10 @@ def test_config_groups_compose_and_validate(tmp_path):
     from omegaconf import OmegaConf
 
     from fedpriv import config
-    from fedpriv.cli import _hydra
+    from fedpriv.cli import compose
 
     for name in ("mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare"):
-        composed = _hydra.compose([f"dataset={name}", f"dataset.root={tmp_path}"])
+        composed = compose([f"dataset={name}", f"dataset.root={tmp_path}"])
         cfg = OmegaConf.to_container(composed, resolve=False)
         cfg.pop("hydra", None)
         config.validate(cfg)
