@@ -12,7 +12,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
+from fedpriv.data import available as available_datasets
 from fedpriv.errors import ConfigError
+from fedpriv.privacy import mechanisms
 from fedpriv.privacy.release import NOISE_SOURCES, RELEASE_MODES
 
 FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare", "emnist_tff")
@@ -21,7 +25,8 @@ ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", "fednova")
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 SAMPLINGS = ("fixed", "poisson")
 CLIENT_OPTIMIZERS = ("sgd", "adam")
-PRIVACY = ("none", "user_dp", "user_dp_adaptive", "example_dp", "distributed_dp")
+#: The privacy mechanisms (the registry's names, :mod:`fedpriv.privacy.mechanisms`).
+PRIVACY = tuple(mechanisms.names())
 SECAGG_MODES = ("none", "fast", "protocol")
 SECAGG_MASKS = ("verify", "expand")
 NOISE_KINDS = ("skellam", "discrete_gaussian")
@@ -154,22 +159,13 @@ def validate_secagg(cfg: Mapping[str, Any]) -> None:
             "secagg.mode", f"unknown value {mode!r}; choose from {list(SECAGG_MODES)}"
         )
     privacy = _get(cfg, "privacy.name", "none")
-    if privacy == "distributed_dp":
-        choice(cfg, "privacy.noise", NOISE_KINDS)
-        if _get(cfg, "privacy.amplification") is not None:
-            choice(cfg, "privacy.amplification", AMPLIFICATIONS)
-        if mode == "none":
-            raise ConfigError(
-                "secagg.mode",
-                "privacy=distributed_dp needs secure aggregation; choose secagg=fast or "
-                "secagg=protocol",
-            )
-        accountant = _get(cfg, "privacy.accountant")
-        if accountant not in (None, "rdp"):
-            raise ConfigError(
-                "privacy.accountant",
-                f"distributed DP is supported by rdp only, got {accountant!r}",
-            )
+    if privacy == "distributed_dp" and mode == "none":
+        # The block itself (noise, amplification, accountant) is checked by the mechanism.
+        raise ConfigError(
+            "secagg.mode",
+            "privacy=distributed_dp needs secure aggregation; choose secagg=fast or "
+            "secagg=protocol",
+        )
     if mode == "none":
         return
     number(cfg, "secagg.bits", low=2, high=32, integer=True)
@@ -258,8 +254,6 @@ def _private_npz(cfg: Mapping[str, Any]) -> None:
     path = _get(cfg, "dataset.path")
     if _get(cfg, "privacy.release") != "strict" or path is None:
         return
-    import numpy as np
-
     try:
         with np.load(path, allow_pickle=False) as arrays:
             held_out = "x_test" in arrays.files and "y_test" in arrays.files
@@ -284,8 +278,6 @@ def validate(cfg: Mapping[str, Any]) -> None:
     number(cfg, "rounds", low=1, integer=True)
     number(cfg, "eval_every", low=1, integer=True)
     _run_control(cfg)
-
-    from fedpriv.data import available as available_datasets
 
     choice(cfg, "dataset.name", tuple(available_datasets()))
     number(cfg, "dataset.num_clients", low=1, integer=True, required=False)
@@ -334,33 +326,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
         choice(cfg, "privacy.noise_source", NOISE_SOURCES)
     if privacy != "none" and _get(cfg, "dataset.name") == "npz":
         _private_npz(cfg)
-    if privacy != "none":
-        number(cfg, "privacy.clip_norm", low=0, low_open=True)
-        noise = _get(cfg, "privacy.noise_multiplier")
-        target = _get(cfg, "privacy.target_epsilon")
-        if noise is not None and target is not None:
-            raise ConfigError(
-                "privacy.noise_multiplier",
-                f"set either a noise multiplier ({noise}) or privacy.target_epsilon ({target}), "
-                "not both",
-            )
-        if target is None:
-            number(cfg, "privacy.noise_multiplier", low=0)
-        else:
-            number(cfg, "privacy.target_epsilon", low=0, low_open=True)
-        number(cfg, "privacy.delta", low=0, high=1, low_open=True, high_open=True, required=False)
-        number(cfg, "privacy.stop_at_epsilon", low=0, low_open=True, required=False)
-        accountant = _get(cfg, "privacy.accountant")
-        if accountant is not None:
-            choice(cfg, "privacy.accountant", ACCOUNTANTS)
-    if privacy == "user_dp_adaptive":
-        number(
-            cfg, "privacy.adaptive.target_quantile", low=0, high=1, low_open=True, high_open=True
-        )
-        number(cfg, "privacy.adaptive.learning_rate", low=0, low_open=True)
-        number(cfg, "privacy.adaptive.count_noise_std", low=0, low_open=True, required=False)
-    if privacy == "example_dp":
-        number(cfg, "privacy.example_sampling_rate", low=0, high=1, low_open=True, required=False)
+    # Every default and range check of the block lives in its mechanism's module.
+    mechanisms.get(privacy).validate(_get(cfg, "privacy", {}) or {})
 
     devices = _get(cfg, "execution.devices", "auto")
     if devices not in (None, "auto"):

@@ -10,23 +10,7 @@ pure function of that ledger, computed on the host in float64 by maintained acco
 True
 """
 
-import logging as _logging
-
-
-class _DroppedOrderFilter(_logging.Filter):
-    """Drops dp_accounting's notices that an RDP order was excluded for lack of convergence.
-
-    Excluding an order only makes the RDP bound more conservative; the notice is printed once
-    per order and evaluation, which floods the terminal during calibration.
-    """
-
-    def filter(self, record: _logging.LogRecord) -> bool:
-        return "failed to converge" not in record.getMessage()
-
-
-_logging.getLogger("absl").addFilter(_DroppedOrderFilter())
-
-from fedpriv.accounting._checks import ACCOUNTANTS  # noqa: E402
+from fedpriv.accounting._checks import ACCOUNTANTS
 from fedpriv.accounting.accountants import (
     REPLACE_ONE_ACCOUNTANTS,
     EpsilonTracker,

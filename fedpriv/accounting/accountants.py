@@ -24,9 +24,13 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import dp_accounting
 import numpy as np
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
 
-from fedpriv.accounting import _checks
+from fedpriv._logs import quiet_rdp_orders
+from fedpriv.accounting import _checks, _rdp
 from fedpriv.accounting._checks import ACCOUNTANTS
 from fedpriv.accounting.delta import warn_if_delta_too_large
 from fedpriv.accounting.events import (
@@ -61,7 +65,8 @@ def supported_accountants(events: Iterable[EventLike]) -> list[str]:
         return list(DISTRIBUTED_ACCOUNTANTS)
     if evs and evs[0].neighboring_relation == REPLACE_ONE:
         return list(REPLACE_ONE_ACCOUNTANTS)
-    return list(ACCOUNTANTS)
+    # Each round's mechanism names the accountants that analyse it.
+    return [name for name in ACCOUNTANTS if all(name in ev.accountants() for ev in evs)]
 
 
 def _check_support(accountant: str, relation: str, event: RoundEvent | None = None) -> None:
@@ -73,6 +78,8 @@ def _check_support(accountant: str, relation: str, event: RoundEvent | None = No
             f"{accountant!r} does not support fixed-size cohorts sampled without replacement "
             "(replace-one adjacency); accountants that do: " + ", ".join(REPLACE_ONE_ACCOUNTANTS),
         )
+    if event is not None and accountant not in event.accountants():
+        raise event.unsupported(repr(accountant))
 
 
 def _opacus_history(groups: Sequence[tuple[RoundEvent, int]]) -> list[tuple[float, float, int]]:
@@ -96,15 +103,8 @@ def _epsilon_of_groups(
     if any(ev.is_distributed for ev, _ in groups):
         # Distributed DP: RDP vectors of fedpriv's own bounds (and dp_accounting's, for any
         # Gaussian rounds in the same ledger) added over rounds, converted as dp_accounting does.
-        from fedpriv.accounting import _rdp
-
         total = sum(count * _rdp.round_rdp(ev, accountant) for ev, count in groups)
         return _rdp.to_epsilon(accountant, total, delta)
-    # Imported here: these libraries take about a second to import (scipy, torch).
-    import dp_accounting
-    from dp_accounting.pld import pld_privacy_accountant
-    from dp_accounting.rdp import rdp_privacy_accountant
-
     if accountant == "rdp":
         relation = (
             dp_accounting.NeighboringRelation.REPLACE_ONE
@@ -112,13 +112,15 @@ def _epsilon_of_groups(
             else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
         )
         acc = rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
-        acc.compose(groups_to_dp_event(groups))
+        with quiet_rdp_orders():
+            acc.compose(groups_to_dp_event(groups))
         return float(acc.get_epsilon(delta))
     if accountant == "pld":
         acc = pld_privacy_accountant.PLDAccountant()
         acc.compose(groups_to_dp_event(groups))
         return float(acc.get_epsilon(delta))
     history = _opacus_history(groups)
+    # opacus imports torch (seconds); only its two backends need it.
     if accountant == "opacus_rdp":
         from opacus.accountants import RDPAccountant
 
@@ -270,8 +272,6 @@ class EpsilonTracker:
         if self._infinite:
             self._epsilon = math.inf
         elif self.accountant in ("rdp", "opacus_rdp"):
-            from fedpriv.accounting import _rdp
-
             vec = self._cache.get(key)
             if vec is None:
                 vec = _rdp.round_rdp(ev, self.accountant)

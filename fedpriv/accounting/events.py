@@ -26,7 +26,15 @@ With adaptive clipping (Andrew et al. 2021) a record also holds ``count_noise_st
 is the accounted multiplier of the pair, ``z = (z_update^-2 + (2 sigma_b)^-2)^-1/2``
 (Andrew et al. 2021, Theorem 1), which the record must satisfy.
 
-Mapping of a round to ``dp_accounting`` events (``z`` is ``noise_multiplier``):
+Each record is read by the :class:`LedgerKind` that claims it (:func:`ledger_kind`): the kind
+checks the record's redundant fields, names its neighbouring relation, knows the sensitivity
+of the released sum under it, and builds its ``dp_accounting`` event. The mechanisms of
+:mod:`fedpriv.privacy.mechanisms` are ledger kinds and register themselves
+(:func:`register_ledger_kind`) when that package is imported, so a mechanism added in one
+module is read here without a change; the kinds of the format-1 records fedpriv has always
+written (:class:`GaussianSumKind`, :class:`DistributedKind`) are built in, so a ledger of
+them is read without importing the mechanisms. The mapping of those rounds to
+``dp_accounting`` events (``z`` is ``noise_multiplier``) is:
 
 ==========  ==========  ===================================================================
 unit        sampling    event, neighbouring relation
@@ -85,16 +93,12 @@ import copy
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import dp_accounting
 
 from fedpriv.accounting import _checks
 from fedpriv.errors import ConfigError
-
-if TYPE_CHECKING:
-    import dp_accounting
-
-# dp_accounting is imported where events are built, not at module import: it pulls in most of
-# scipy (about a second), which command-line input checks should not wait for.
 
 #: The ledger format this module reads and writes.
 LEDGER_FORMAT = 1
@@ -105,7 +109,6 @@ SAMPLINGS: tuple[str, ...] = ("poisson", "fixed", "full")
 DISTRIBUTED_MECHANISMS: tuple[str, ...] = ("skellam", "discrete_gaussian")
 #: Accounting of the sampling of a distributed-DP round (see the module docstring).
 AMPLIFICATIONS: tuple[str, ...] = ("none", "sampling")
-MECHANISMS: tuple[str, ...] = ("gaussian", *DISTRIBUTED_MECHANISMS)
 #: Fields of distributed-DP rounds only (absent from Gaussian records).
 _DISTRIBUTED_FIELDS: tuple[str, ...] = (
     "scale",
@@ -122,6 +125,10 @@ _DISTRIBUTED_OPTIONAL: tuple[str, ...] = ("amplification",)
 #: Neighbouring relations, as names used in messages.
 ADD_REMOVE = "add/remove-one"
 REPLACE_ONE = "replace-one"
+_RELATION_NAMES = {
+    dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE: ADD_REMOVE,
+    dp_accounting.NeighboringRelation.REPLACE_ONE: REPLACE_ONE,
+}
 
 _FIELDS: tuple[str, ...] = (
     "format",
@@ -241,7 +248,7 @@ class RoundEvent:
             )
         put("format", fmt)
         put("round", _checks.integer("round", self.round, 0))
-        _checks.choice("mechanism", self.mechanism, MECHANISMS)
+        _checks.choice("mechanism", self.mechanism, ledger_mechanisms())
         _checks.choice("unit", self.unit, UNITS)
         _checks.choice("sampling", self.sampling, SAMPLINGS)
         put("noise_multiplier", _checks.nonnegative("noise_multiplier", self.noise_multiplier))
@@ -260,24 +267,11 @@ class RoundEvent:
             put("noise_std", _checks.nonnegative("noise_std", self.noise_std))
         if self.count_noise_std is not None:
             put("count_noise_std", _checks.positive("count_noise_std", self.count_noise_std))
-        if self.clip_norm is not None and self.noise_std is not None:
-            z_update = self._update_noise_multiplier()
-            expected = z_update * self.clip_norm
-            if not math.isclose(self.noise_std, expected, rel_tol=_RTOL, abs_tol=1e-12):
-                what = (
-                    "noise_multiplier * clip_norm"
-                    if self.count_noise_std is None
-                    else "z_update * clip_norm with z_update from noise_multiplier and "
-                    "count_noise_std"
-                )
-                raise ConfigError(
-                    "noise_std",
-                    f"is {self.noise_std!r} but {what} = {expected!r}; the record does not "
-                    "describe one mechanism",
-                )
         self._check_sampling(put)
         self._check_unit(put)
         self._check_distributed(put)
+        # The mechanism that wrote the record checks what its fields must satisfy together.
+        mechanism_of(self).check_record(self)
 
     @property
     def is_distributed(self) -> bool:
@@ -327,20 +321,6 @@ class RoundEvent:
                     f"is {self.noise_multiplier!r} but sqrt(noise_clients * local_variance) / "
                     f"(scale * clip_norm) = {z!r}; the record does not describe one mechanism",
                 )
-
-    def _update_noise_multiplier(self) -> float:
-        """Noise multiplier of the update sum alone (differs only with adaptive clipping)."""
-        z = self.noise_multiplier
-        if self.count_noise_std is None or z == 0.0:
-            return z
-        rest = z**-2 - (2.0 * self.count_noise_std) ** -2
-        if rest <= 0.0:
-            raise ConfigError(
-                "count_noise_std",
-                f"{self.count_noise_std!r} is at most noise_multiplier / 2 = {z / 2!r}: the "
-                "clip-count noise alone exceeds the accounted noise",
-            )
-        return rest**-0.5
 
     def _check_sampling(self, put: Any) -> None:
         if self.sampling == "poisson":
@@ -445,32 +425,23 @@ class RoundEvent:
 
     @property
     def neighboring_relation(self) -> str:
-        """:data:`REPLACE_ONE` for user- or gateway-level fixed cohorts, else
-        :data:`ADD_REMOVE`."""
-        if self.unit in _USER_LIKE and self.sampling == "fixed":
-            return REPLACE_ONE
-        return ADD_REMOVE
+        """The relation the record is accounted under, as named in messages:
+        :data:`REPLACE_ONE` for user- or gateway-level fixed cohorts, else
+        :data:`ADD_REMOVE` (the mechanism's :meth:`relation`)."""
+        return _RELATION_NAMES[self.relation]
+
+    @property
+    def relation(self) -> dp_accounting.NeighboringRelation:
+        """The ``dp_accounting`` neighbouring relation of the record (its mechanism's)."""
+        return mechanism_of(self).relation(self)
+
+    def accountants(self) -> tuple[str, ...]:
+        """The accountant backends that analyse this round (its mechanism says which)."""
+        return tuple(mechanism_of(self).supported_accountants(self))
 
     def accounting_key(self) -> tuple[Any, ...]:
         """The parameters the privacy cost depends on; equal keys mean equal events."""
-        z = self.noise_multiplier
-        if self.is_distributed:
-            return (
-                self.mechanism,
-                self.neighboring_relation,
-                z,
-                *(getattr(self, name) for name in _DISTRIBUTED_FIELDS),
-                self.amplification or "none",
-                self.population if self.amplification == "sampling" else None,
-                self.cohort_size if self.amplification == "sampling" else None,
-            )
-        if self.unit == "example":
-            return ("example", z, self.steps, self.example_sampling_rate)
-        if self.sampling == "poisson":
-            return (self.unit, "poisson", self.sampling_rate, z)
-        if self.sampling == "fixed":
-            return (self.unit, "fixed", self.population, int(self.cohort_size), z)
-        return (self.unit, "full", z)
+        return mechanism_of(self).accounting_key(self)
 
     def dp_event(self) -> dp_accounting.DpEvent:
         """The ``dp_accounting`` event of this round.
@@ -512,31 +483,11 @@ class RoundEvent:
               adjacency. The amplification by client sampling is conservatively ignored:
               the bound holds as if the example's client took part in every round.
         """
-        from dp_accounting import dp_event
-
-        if self.is_distributed:
-            raise self.unsupported("dp_accounting event")
-        z = self.noise_multiplier
-        if self.unit == "example":
-            step = dp_event.PoissonSampledDpEvent(
-                self.example_sampling_rate, dp_event.GaussianDpEvent(z)
-            )
-            return dp_event.SelfComposedDpEvent(step, self.steps)
-        if self.sampling == "poisson":
-            return dp_event.PoissonSampledDpEvent(self.sampling_rate, dp_event.GaussianDpEvent(z))
-        if self.sampling == "fixed":
-            return dp_event.SampledWithoutReplacementDpEvent(
-                self.population, int(self.cohort_size), dp_event.GaussianDpEvent(z / 2.0)
-            )
-        return dp_event.GaussianDpEvent(z)
+        return mechanism_of(self).dp_event(self)
 
     def unsupported(self, backend: str) -> ConfigError:
-        """The error for a backend that cannot analyse this distributed mechanism."""
-        return ConfigError(
-            "accountant",
-            f"mechanism {self.mechanism!r} is not analysed by the {backend} backend; it is "
-            "supported by rdp only (fedpriv.accounting.distributed)",
-        )
+        """The error for a backend that cannot analyse this round."""
+        return mechanism_of(self).unsupported(self, backend)
 
     def opacus_steps(self) -> tuple[float, float, int]:
         """This round as opacus accountant history ``(noise_multiplier, sample_rate, steps)``.
@@ -547,14 +498,286 @@ class RoundEvent:
         Raises:
             ConfigError: for fixed-size cohorts (replace-one adjacency).
         """
-        if self.is_distributed:
-            raise self.unsupported("opacus")
-        z = self.noise_multiplier
-        if self.unit == "example":
-            return (z, self.example_sampling_rate, self.steps)
-        if self.sampling == "poisson":
-            return (z, self.sampling_rate, 1)
-        if self.sampling == "full":
+        return mechanism_of(self).opacus_steps(self)
+
+
+EventLike = RoundEvent | Mapping[str, Any]
+
+
+# --------------------------------------------------------------------------- ledger kinds
+
+ADD_OR_REMOVE_ONE = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+#: ``dp_accounting``'s replace-one relation (:data:`REPLACE_ONE` is its name in messages).
+REPLACE_ONE_RELATION = dp_accounting.NeighboringRelation.REPLACE_ONE
+
+
+def relation_of(sampling: str, unit: str | None = "user") -> dp_accounting.NeighboringRelation:
+    """The neighbouring relation a round with this sampling and unit is accounted under.
+
+    Fixed-size cohorts of user-like units are analysed by sampling without replacement
+    with the population public, which needs replace-one adjacency (Wang, Balle,
+    Kasiviswanathan 2019); Poisson sampling, full participation and example-level DP-SGD add
+    or remove one unit.
+    """
+    if unit in _USER_LIKE and sampling == "fixed":
+        return REPLACE_ONE_RELATION
+    return ADD_OR_REMOVE_ONE
+
+
+def amplify(event: RoundEvent, base: dp_accounting.DpEvent) -> dp_accounting.DpEvent:
+    """``base`` (one round on the whole cohort) under the sampling that ran.
+
+    * ``poisson``: ``PoissonSampledDpEvent(q, base)`` (add/remove one unit);
+    * ``fixed``: ``SampledWithoutReplacementDpEvent(n, m, base)`` (replace one unit, ``n``
+      public; ``base`` must then be the replace-one event);
+    * ``full``: ``base``.
+
+    Privacy:
+        Amplification by subsampling: Mironov, Talwar, Zhang 2019 (Poisson); Wang, Balle,
+        Kasiviswanathan 2019, Theorem 27 (without replacement). The sample must be secret.
+    """
+    if event.sampling == "poisson":
+        return dp_accounting.PoissonSampledDpEvent(event.sampling_rate, base)
+    if event.sampling == "fixed":
+        return dp_accounting.SampledWithoutReplacementDpEvent(
+            event.population, int(event.cohort_size), base
+        )
+    return base
+
+
+def split_noise(noise_multiplier: float, count_noise_std: float) -> float:
+    """Noise multiplier left for the update sum when the clip count is also noised.
+
+    Releasing the update sum with noise multiplier ``z_update`` and the sum of centred
+    indicators ``b_i - 1/2`` (sensitivity 1/2) with std ``sigma_b`` is, by Andrew et al.
+    2021 Theorem 1, equivalent to one Gaussian mechanism with
+    ``z = (z_update^-2 + (2 sigma_b)^-2)^-1/2``. Given the accounted ``z``, this returns
+    ``z_update = (z^-2 - (2 sigma_b)^-2)^-1/2``. This is the one implementation of the split:
+    the aggregator (:mod:`fedpriv.privacy.aggregators`), the ledger's checks and the audit
+    all call it.
+
+    Args:
+        noise_multiplier: z, the accounted multiplier of the (update sum, count) pair.
+        count_noise_std: sigma_b, the std of the noise on the count.
+
+    Returns:
+        ``z_update`` (0 when ``z`` is 0).
+
+    Raises:
+        ValueError: ``2 * sigma_b <= z``: the count noise alone would exceed the budget.
+
+    Privacy:
+        Under adding or removing one client the pair is a Gaussian mechanism with
+        multiplier ``z``; under replacing one both sensitivities double, the same for both
+        parts, so the split is the same.
+    """
+    if noise_multiplier == 0.0:
+        return 0.0
+    rest = noise_multiplier**-2 - (2.0 * count_noise_std) ** -2
+    if rest <= 0:
+        raise ValueError(
+            f"count_noise_std {count_noise_std} leaves no budget for the update sum at noise "
+            f"multiplier {noise_multiplier}; it must exceed noise_multiplier / 2 = "
+            f"{noise_multiplier / 2}"
+        )
+    return rest**-0.5
+
+
+class LedgerKind:
+    """What a kind of ledger record means for accounting.
+
+    The defaults describe a noised sum of clipped contributions whose round is one event
+    under the sampling that ran (:func:`amplify`). Subclasses set :attr:`ledger_mechanism`
+    (the record's ``mechanism`` field) and override what differs.
+
+    Attributes:
+        ledger_mechanism: the ``mechanism`` field of its records (None: it writes none).
+        accountants: the accountants that analyse its rounds at all, in table order.
+
+    Privacy:
+        Each subclass states its guarantee and neighbouring relation.
+    """
+
+    ledger_mechanism: str | None = None
+    accountants: tuple[str, ...] = _checks.ACCOUNTANTS
+
+    def ledger_names(self) -> tuple[str, ...]:
+        """The values of the ``mechanism`` field of the records it reads."""
+        return () if self.ledger_mechanism is None else (self.ledger_mechanism,)
+
+    def claims(self, event: RoundEvent) -> bool:
+        """Whether a ledger record is of this kind."""
+        return self.ledger_mechanism is not None and event.mechanism == self.ledger_mechanism
+
+    def sensitivity(
+        self, relation: dp_accounting.NeighboringRelation, clip_norm: float = 1.0
+    ) -> float:
+        """Sensitivity of the released sum in the norm its noise is calibrated to: ``C``
+        under adding or removing one contribution bounded by ``C``, ``2C`` under replacing
+        one (the triangle inequality: ``||u - u'|| <= ||u|| + ||u'||``).
+
+        Raises:
+            ValueError: an unknown relation.
+        """
+        if relation == ADD_OR_REMOVE_ONE:
+            return clip_norm
+        if relation == REPLACE_ONE_RELATION:
+            return 2.0 * clip_norm
+        raise ValueError(f"relation must be a dp_accounting.NeighboringRelation, got {relation!r}")
+
+    def relation(self, event: RoundEvent) -> dp_accounting.NeighboringRelation:
+        """The neighbouring relation ``event`` is accounted under (:func:`relation_of`)."""
+        return relation_of(event.sampling, event.unit)
+
+    def relation_name(self, event: RoundEvent) -> str:
+        """:meth:`relation` as the ledger names it."""
+        return _RELATION_NAMES[self.relation(event)]
+
+    def dp_event(self, event: RoundEvent) -> dp_accounting.DpEvent:
+        """The ``dp_accounting`` event of one round."""
+        raise self.unsupported(event, "dp_accounting event")
+
+    def supported_accountants(self, event: RoundEvent) -> tuple[str, ...]:
+        """The accountants that analyse ``event``."""
+        return self.accountants
+
+    def unsupported_reason(self, accountant: str, event: RoundEvent) -> str | None:
+        """Why ``accountant`` cannot analyse ``event`` (None when it can)."""
+        ok = self.supported_accountants(event)
+        if accountant in ok:
+            return None
+        return (
+            f"{self.describe_record(event)} is analysed by {', '.join(ok) or 'no accountant'} only"
+        )
+
+    def describe_record(self, event: RoundEvent) -> str:
+        """A few words for messages: what kind of round ``event`` is."""
+        return f"{event.mechanism} noise with {event.sampling} sampling"
+
+    def accounting_key(self, event: RoundEvent) -> tuple[Any, ...]:
+        """What the round's privacy cost depends on; equal keys mean equal events."""
+        z = event.noise_multiplier
+        if event.sampling == "poisson":
+            return (event.mechanism, event.unit, "poisson", event.sampling_rate, z)
+        if event.sampling == "fixed":
+            return (
+                event.mechanism,
+                event.unit,
+                "fixed",
+                event.population,
+                int(event.cohort_size),
+                z,
+            )
+        return (event.mechanism, event.unit, "full", z)
+
+    def opacus_steps(self, event: RoundEvent) -> tuple[float, float, int]:
+        """The round as opacus history ``(noise_multiplier, sample_rate, steps)``.
+
+        Raises:
+            ConfigError: naming ``accountant`` when opacus cannot analyse it.
+        """
+        raise self.unsupported(event, "opacus")
+
+    def unsupported(self, event: RoundEvent, backend: str) -> ConfigError:
+        """The error for a backend that cannot analyse ``event``."""
+        return ConfigError(
+            "accountant",
+            f"{self.describe_record(event)} is not analysed by the {backend} backend; it is "
+            f"supported by {', '.join(self.supported_accountants(event)) or 'no accountant'}",
+        )
+
+    def check_record(self, event: RoundEvent) -> None:
+        """Checks the record's redundant fields describe one mechanism.
+
+        Raises:
+            ConfigError: naming the field.
+        """
+        expected = self.expected_noise_std(event)
+        if expected is None or event.noise_std is None:
+            return
+        if not math.isclose(event.noise_std, expected, rel_tol=_RTOL, abs_tol=1e-12):
+            raise ConfigError(
+                "noise_std",
+                f"is {event.noise_std!r} but {self.noise_std_formula(event)} = {expected!r}; "
+                "the record does not describe one mechanism",
+            )
+
+    def expected_noise_std(self, event: RoundEvent) -> float | None:
+        """The noise std the record's multiplier and clip imply (None: not checkable)."""
+        if event.clip_norm is None:
+            return None
+        return event.noise_multiplier * event.clip_norm
+
+    def noise_std_formula(self, event: RoundEvent) -> str:
+        """How :meth:`expected_noise_std` is computed, in words."""
+        return "noise_multiplier * clip_norm"
+
+
+class GaussianSumKind(LedgerKind):
+    """Gaussian noise of std ``z C`` on a sum of contributions of L2 norm at most ``C``
+    (records with ``mechanism: gaussian``): user-, gateway- and example-level DP.
+
+    Privacy:
+        The sum has L2 sensitivity ``C`` under adding or removing one contribution and
+        ``2C`` under replacing one (:meth:`sensitivity`), so a user-level round is the
+        Gaussian mechanism with multiplier ``noise_std / sensitivity``: ``z`` (add/remove),
+        ``z / 2`` (replace-one), before sampling amplification (:func:`amplify`). With
+        adaptive clipping (``count_noise_std`` set) the update sum and the noised clip count
+        are one Gaussian mechanism with multiplier ``z`` (Andrew et al. 2021, Theorem 1);
+        under replace-one both sensitivities double, so the ``z / 2`` reading holds for the
+        pair. Example level: ``steps`` DP-SGD steps, each
+        ``PoissonSampledDpEvent(q_ex, GaussianDpEvent(z))`` under add/remove-one-example
+        adjacency (Abadi et al. 2016), without credit for client sampling.
+    """
+
+    ledger_mechanism = "gaussian"
+
+    def base_multiplier(self, event: RoundEvent) -> float:
+        """The unit-sensitivity multiplier of one round: ``z / sensitivity(relation, 1)``."""
+        return event.noise_multiplier / self.sensitivity(self.relation(event), 1.0)
+
+    def dp_event(self, event: RoundEvent) -> dp_accounting.DpEvent:
+        """``GaussianDpEvent(z / k)`` under the sampling that ran (``k`` 1 or 2); for
+        example-level DP, ``steps`` Poisson-sampled DP-SGD steps."""
+        if event.unit == "example":
+            step = dp_accounting.PoissonSampledDpEvent(
+                event.example_sampling_rate, dp_accounting.GaussianDpEvent(event.noise_multiplier)
+            )
+            return dp_accounting.SelfComposedDpEvent(step, event.steps)
+        return amplify(event, dp_accounting.GaussianDpEvent(self.base_multiplier(event)))
+
+    def supported_accountants(self, event: RoundEvent) -> tuple[str, ...]:
+        if self.relation(event) == REPLACE_ONE_RELATION:
+            return ("rdp",)
+        return self.accountants
+
+    def unsupported_reason(self, accountant: str, event: RoundEvent) -> str | None:
+        if accountant in self.supported_accountants(event):
+            return None
+        return (
+            "sampling without replacement (fixed cohorts, replace-one adjacency) is analysed "
+            "only by dp_accounting's RDP accountant"
+        )
+
+    def accounting_key(self, event: RoundEvent) -> tuple[Any, ...]:
+        z = event.noise_multiplier
+        if event.unit == "example":
+            return ("example", z, event.steps, event.example_sampling_rate)
+        return super().accounting_key(event)
+
+    def opacus_steps(self, event: RoundEvent) -> tuple[float, float, int]:
+        """Opacus analyses Poisson subsampled Gaussian steps under add/remove adjacency; full
+        participation is Poisson sampling with rate 1.
+
+        Raises:
+            ConfigError: for fixed-size cohorts (replace-one adjacency).
+        """
+        z = event.noise_multiplier
+        if event.unit == "example":
+            return (z, event.example_sampling_rate, event.steps)
+        if event.sampling == "poisson":
+            return (z, event.sampling_rate, 1)
+        if event.sampling == "full":
             return (z, 1.0, 1)
         raise ConfigError(
             "sampling",
@@ -562,8 +785,121 @@ class RoundEvent:
             "by the opacus accountants; accountants that support it: rdp",
         )
 
+    def update_multiplier(self, event: RoundEvent) -> float:
+        """The update sum's own multiplier (:func:`split_noise` with adaptive clipping).
 
-EventLike = RoundEvent | Mapping[str, Any]
+        Raises:
+            ValueError: the count noise leaves nothing for the update sum.
+        """
+        if event.count_noise_std is None:
+            return event.noise_multiplier
+        return split_noise(event.noise_multiplier, event.count_noise_std)
+
+    def expected_noise_std(self, event: RoundEvent) -> float | None:
+        if event.clip_norm is None:
+            return None
+        try:
+            return self.update_multiplier(event) * event.clip_norm
+        except ValueError:
+            raise ConfigError(
+                "count_noise_std",
+                f"{event.count_noise_std!r} is at most noise_multiplier / 2 = "
+                f"{event.noise_multiplier / 2!r}: the clip-count noise alone exceeds the "
+                "accounted noise",
+            ) from None
+
+    def noise_std_formula(self, event: RoundEvent) -> str:
+        if event.count_noise_std is None:
+            return "noise_multiplier * clip_norm"
+        return "z_update * clip_norm with z_update from noise_multiplier and count_noise_std"
+
+
+class DistributedKind(LedgerKind):
+    """Distributed DP on secure aggregation (``mechanism`` ``skellam`` or
+    ``discrete_gaussian``), accounted by fedpriv's own RDP bounds
+    (:mod:`fedpriv.accounting.distributed`) under the ``rdp`` accountant only.
+
+    Privacy:
+        See :mod:`fedpriv.accounting.distributed`; fixed cohorts, replace-one adjacency.
+    """
+
+    ledger_mechanism = "skellam"
+    accountants = ("rdp",)
+
+    def ledger_names(self) -> tuple[str, ...]:
+        return DISTRIBUTED_MECHANISMS
+
+    def claims(self, event: RoundEvent) -> bool:
+        return event.mechanism in DISTRIBUTED_MECHANISMS
+
+    def unsupported(self, event: RoundEvent, backend: str) -> ConfigError:
+        return ConfigError(
+            "accountant",
+            f"mechanism {event.mechanism!r} is not analysed by the {backend} backend; it is "
+            "supported by rdp only (fedpriv.accounting.distributed)",
+        )
+
+    def unsupported_reason(self, accountant: str, event: RoundEvent) -> str | None:
+        if accountant == "rdp":
+            return None
+        return (
+            "distributed DP (Skellam / distributed discrete Gaussian) is analysed by no "
+            "library; only fedpriv's own RDP bound (rdp) covers it"
+        )
+
+    def accounting_key(self, event: RoundEvent) -> tuple[Any, ...]:
+        return (
+            event.mechanism,
+            event.neighboring_relation,
+            event.noise_multiplier,
+            *(getattr(event, name) for name in _DISTRIBUTED_FIELDS),
+            event.amplification or "none",
+            event.population if event.amplification == "sampling" else None,
+            event.cohort_size if event.amplification == "sampling" else None,
+        )
+
+
+#: The kinds of the records fedpriv has always written (read without importing mechanisms).
+_BUILTIN_KINDS: tuple[LedgerKind, ...] = (GaussianSumKind(), DistributedKind())
+#: Kinds registered by the mechanisms (:mod:`fedpriv.privacy.mechanisms`), consulted first.
+_REGISTERED_KINDS: list[LedgerKind] = []
+
+
+def register_ledger_kind(kind: LedgerKind) -> LedgerKind:
+    """Adds a kind of record (a mechanism registers itself here when it is imported).
+
+    Registered kinds are consulted before the built-in ones, in registration order.
+    """
+    if not any(k is kind for k in _REGISTERED_KINDS):
+        _REGISTERED_KINDS.append(kind)
+    return kind
+
+
+def ledger_kind(event: RoundEvent) -> LedgerKind:
+    """The kind that reads ``event`` (its mechanism, when registered).
+
+    Raises:
+        ConfigError: naming ``mechanism`` when no kind claims the record.
+    """
+    for kind in (*_REGISTERED_KINDS, *_BUILTIN_KINDS):
+        if kind.claims(event):
+            return kind
+    raise ConfigError(
+        "mechanism",
+        f"no registered mechanism writes records with mechanism={event.mechanism!r}, "
+        f"unit={event.unit!r}; known: {list(ledger_mechanisms())} (the mechanisms of "
+        "fedpriv.privacy.mechanisms register when that package is imported)",
+    )
+
+
+def ledger_mechanisms() -> tuple[str, ...]:
+    """The values of a record's ``mechanism`` field that a known kind reads."""
+    names = (n for k in (*_BUILTIN_KINDS, *_REGISTERED_KINDS) for n in k.ledger_names())
+    return tuple(dict.fromkeys(names))
+
+
+#: Alias of :func:`ledger_kind`: the mechanism that wrote a record.
+mechanism_of = ledger_kind
 
 
 def as_events(events: Iterable[EventLike]) -> list[RoundEvent]:
@@ -637,14 +973,12 @@ def group_events(events: Iterable[EventLike]) -> list[tuple[RoundEvent, int]]:
 
 def groups_to_dp_event(groups: Sequence[tuple[RoundEvent, int]]) -> dp_accounting.DpEvent:
     """The composition of grouped rounds as one ``dp_accounting`` event."""
-    from dp_accounting import dp_event
-
-    parts = [dp_event.SelfComposedDpEvent(ev.dp_event(), count) for ev, count in groups]
+    parts = [dp_accounting.SelfComposedDpEvent(ev.dp_event(), count) for ev, count in groups]
     if not parts:
-        return dp_event.NoOpDpEvent()
+        return dp_accounting.NoOpDpEvent()
     if len(parts) == 1:
         return parts[0]
-    return dp_event.ComposedDpEvent(parts)
+    return dp_accounting.ComposedDpEvent(parts)
 
 
 def to_dp_event(events: Iterable[EventLike]) -> dp_accounting.DpEvent:
@@ -659,11 +993,9 @@ def to_dp_event(events: Iterable[EventLike]) -> dp_accounting.DpEvent:
 
 def neighboring_relation(events: Iterable[EventLike]) -> dp_accounting.NeighboringRelation:
     """The ``dp_accounting`` neighbouring relation a ledger is accounted under."""
-    import dp_accounting
-
     evs = as_events(events)
-    if evs and evs[0].neighboring_relation == REPLACE_ONE:
-        return dp_accounting.NeighboringRelation.REPLACE_ONE
+    if evs:
+        return evs[0].relation
     return dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
 
 

@@ -16,6 +16,13 @@ grouping or bookkeeping shows up as a disagreement:
 * ``opacus_rdp``: opacus's ``RDPAccountant`` on the same history (conversion of Balle et al.
   2020, Theorem 21).
 
+Each record is read through the mechanism that wrote it (the registry of
+:mod:`fedpriv.privacy.mechanisms`): the mechanism names the record's neighbouring relation,
+its grouping key, its ``dp_accounting`` event, its opacus history and the accountants that
+analyse it, so a mechanism added in one module is audited without a mapping here. The
+independent references stay independent: the maintained libraries compute every number, and
+the closed form below checks them.
+
 Consecutive rounds with the same accounting parameters are grouped into one self-composed
 event, so a 1,000-round ledger costs each accountant one composition.
 
@@ -75,13 +82,20 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
+import dp_accounting
 import numpy as np
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
+from scipy import optimize, special
 
+from fedpriv.accounting import default_delta, distributed
 from fedpriv.accounting.events import REPLACE_ONE, RoundEvent
 from fedpriv.audit._files import RunFiles, get
 from fedpriv.errors import ConfigError
+from fedpriv.privacy import mechanisms
 
 #: Accountants the audit recomputes, in table order.
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld", "prv", "opacus_rdp")
@@ -124,38 +138,14 @@ class LedgerGroup:
 
 
 def _parameters(ev: RoundEvent) -> tuple[Any, ...]:
-    """What a round's privacy cost depends on (the fields of its events below)."""
-    z = ev.noise_multiplier
-    if ev.is_distributed:
-        return (
-            ev.mechanism,
-            _relation(ev),
-            z,
-            ev.l2_sensitivity,
-            ev.l1_sensitivity,
-            ev.noise_clients,
-            ev.local_variance,
-            ev.dimension,
-            ev.scale,
-            ev.bits,
-            ev.amplification or "none",
-            ev.population,
-            ev.cohort_size,
-        )
-    if ev.unit == "example":
-        return ("example", z, ev.example_sampling_rate, ev.steps)
-    if ev.sampling == "poisson":
-        return ("poisson", z, ev.sampling_rate)
-    if ev.sampling == "fixed":
-        return ("fixed", z, ev.population, int(ev.cohort_size))
-    return ("full", z)
+    """What a round's privacy cost depends on (its mechanism's grouping key)."""
+    return mechanisms.for_record(ev).accounting_key(ev)
 
 
 def _relation(ev: RoundEvent) -> str:
-    """Replace-one for user- or gateway-level fixed cohorts (population public), else
-    add/remove-one."""
-    fixed_units = ev.unit in ("user", "gateway") and ev.sampling == "fixed"
-    return REPLACE_ONE if fixed_units else "add/remove-one"
+    """The round's neighbouring relation, as its mechanism names it: replace-one for user- or
+    gateway-level fixed cohorts (population public), else add/remove-one."""
+    return mechanisms.for_record(ev).relation_name(ev)
 
 
 def group_rounds(events: Sequence[RoundEvent]) -> list[LedgerGroup]:
@@ -192,20 +182,10 @@ def _base_event(ev: RoundEvent):
           without credit for client sampling.
         * adaptive clipping: ``z`` is the multiplier of the (update sum, clip count) pair,
           one Gaussian mechanism (Andrew et al. 2021, Theorem 1).
+        * other mechanisms: as the module that defines them states
+          (:meth:`fedpriv.privacy.mechanisms.Mechanism.dp_event`).
     """
-    from dp_accounting import dp_event
-
-    z = ev.noise_multiplier
-    if ev.unit == "example":
-        step = dp_event.PoissonSampledDpEvent(ev.example_sampling_rate, dp_event.GaussianDpEvent(z))
-        return dp_event.SelfComposedDpEvent(step, ev.steps)
-    if ev.sampling == "poisson":
-        return dp_event.PoissonSampledDpEvent(ev.sampling_rate, dp_event.GaussianDpEvent(z))
-    if ev.sampling == "fixed":
-        return dp_event.SampledWithoutReplacementDpEvent(
-            ev.population, int(ev.cohort_size), dp_event.GaussianDpEvent(z / 2.0)
-        )
-    return dp_event.GaussianDpEvent(z)
+    return mechanisms.for_record(ev).dp_event(ev)
 
 
 def gaussian_floor(groups: Sequence[LedgerGroup], delta: float) -> float | None:
@@ -221,40 +201,35 @@ def gaussian_floor(groups: Sequence[LedgerGroup], delta: float) -> float | None:
     """
     if not groups or not all(g.event.is_distributed for g in groups):
         return None
-    import dp_accounting
-    from dp_accounting import dp_event
-    from dp_accounting.rdp import rdp_privacy_accountant
-
     replace_one = _relation(groups[0].event) == REPLACE_ONE
     events = []
     for g in groups:
         ev = g.event
         if ev.noise_multiplier == 0.0:
             return math.inf
-        if replace_one:
-            base = dp_event.GaussianDpEvent(ev.noise_multiplier / 2.0)
-            if ev.amplification == "sampling":
-                base = dp_event.SampledWithoutReplacementDpEvent(
-                    ev.population, int(ev.cohort_size), base
-                )
-        else:
-            base = dp_event.GaussianDpEvent(ev.noise_multiplier)
-        events.append(dp_event.SelfComposedDpEvent(base, g.count))
+        mech = mechanisms.for_record(ev)
+        # The Gaussian's multiplier at unit sensitivity: z over the relation's sensitivity.
+        base = dp_accounting.GaussianDpEvent(
+            ev.noise_multiplier / mech.sensitivity(mech.relation(ev), 1.0)
+        )
+        if replace_one and ev.amplification == "sampling":
+            base = dp_accounting.SampledWithoutReplacementDpEvent(
+                ev.population, int(ev.cohort_size), base
+            )
+        events.append(dp_accounting.SelfComposedDpEvent(base, g.count))
     relation = (
         dp_accounting.NeighboringRelation.REPLACE_ONE
         if replace_one
         else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
     )
     acc = rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
-    acc.compose(dp_event.ComposedDpEvent(events))
+    acc.compose(dp_accounting.ComposedDpEvent(events))
     return float(acc.get_epsilon(delta))
 
 
 def _dp_event(groups: Sequence[LedgerGroup]):
-    from dp_accounting import dp_event
-
-    return dp_event.ComposedDpEvent(
-        [dp_event.SelfComposedDpEvent(_base_event(g.event), g.count) for g in groups]
+    return dp_accounting.ComposedDpEvent(
+        [dp_accounting.SelfComposedDpEvent(_base_event(g.event), g.count) for g in groups]
     )
 
 
@@ -262,13 +237,8 @@ def _opacus_history(groups: Sequence[LedgerGroup]) -> list[tuple[float, float, i
     """opacus's ``(noise_multiplier, sample_rate, steps)`` per group (add/remove only)."""
     out = []
     for g in groups:
-        ev = g.event
-        if ev.unit == "example":
-            out.append((ev.noise_multiplier, ev.example_sampling_rate, ev.steps * g.count))
-        elif ev.sampling == "poisson":
-            out.append((ev.noise_multiplier, ev.sampling_rate, g.count))
-        else:  # full participation: Poisson sampling with rate 1
-            out.append((ev.noise_multiplier, 1.0, g.count))
+        z, q, steps = mechanisms.for_record(g.event).opacus_steps(g.event)
+        out.append((z, q, steps * g.count))
     return out
 
 
@@ -280,21 +250,17 @@ def unsupported_reason(accountant: str, groups: Sequence[LedgerGroup]) -> str | 
             "the ledger mixes units of privacy or neighbouring relations; no accountant "
             "composes them into one guarantee"
         )
-    distributed = [g.event.is_distributed for g in groups]
-    if any(distributed):
+    distributed_rounds = [g.event.is_distributed for g in groups]
+    if any(distributed_rounds) and not all(distributed_rounds):
         if accountant != "rdp":
-            return (
-                "distributed DP (Skellam / distributed discrete Gaussian) is analysed by no "
-                "library; only fedpriv's own RDP bound (rdp) covers it"
-            )
-        if not all(distributed):
-            return "the ledger mixes distributed-DP and Gaussian rounds"
-        return None
-    if REPLACE_ONE in relations and accountant != "rdp":
-        return (
-            "sampling without replacement (fixed cohorts, replace-one adjacency) is analysed "
-            "only by dp_accounting's RDP accountant"
-        )
+            return mechanisms.for_record(
+                next(g.event for g in groups if g.event.is_distributed)
+            ).unsupported_reason(accountant, groups[0].event)
+        return "the ledger mixes distributed-DP and Gaussian rounds"
+    for g in groups:
+        reason = mechanisms.for_record(g.event).unsupported_reason(accountant, g.event)
+        if reason is not None:
+            return reason
     return None
 
 
@@ -325,25 +291,14 @@ def recompute(groups: Sequence[LedgerGroup], delta: float, accountant: str) -> f
     if any(g.event.noise_multiplier == 0.0 for g in groups):
         return math.inf
     if groups[0].event.is_distributed:
-        from dp_accounting.rdp import rdp_privacy_accountant
-
-        from fedpriv.accounting import distributed
-
         orders = np.asarray(rdp_privacy_accountant.DEFAULT_RDP_ORDERS, dtype=np.float64)
         total = sum(g.count * distributed.round_rdp(g.event, orders) for g in groups)
         eps, _ = rdp_privacy_accountant.compute_epsilon(orders, total, delta)
         return float(eps)
     if accountant in ("rdp", "pld"):
-        import dp_accounting
-        from dp_accounting.pld import pld_privacy_accountant
-        from dp_accounting.rdp import rdp_privacy_accountant
-
         if accountant == "rdp":
-            relation = (
-                dp_accounting.NeighboringRelation.REPLACE_ONE
-                if _relation(groups[0].event) == REPLACE_ONE
-                else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
-            )
+            first = groups[0].event
+            relation = mechanisms.for_record(first).relation(first)
             acc = rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
         else:
             acc = pld_privacy_accountant.PLDAccountant(
@@ -383,8 +338,6 @@ def analytic_gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
         Tight: no smaller epsilon holds at this delta (the condition is necessary and
         sufficient).
     """
-    from scipy import optimize, special
-
     z = float(noise_multiplier)
     if z <= 0.0:
         return math.inf
@@ -414,17 +367,12 @@ def unamplified_noise_multiplier(groups: Sequence[LedgerGroup]) -> float | None:
         return None
     total = 0.0
     for g in groups:
-        ev = g.event
-        if ev.is_distributed or _relation(ev) == REPLACE_ONE:
+        z = mechanisms.for_record(g.event).unamplified_gaussian_multiplier(g.event)
+        if z is None:
             return None
-        if ev.unit == "example":
-            if ev.example_sampling_rate != 1.0:
-                return None
-        elif ev.sampling == "poisson" and ev.sampling_rate != 1.0:
-            return None
-        if ev.noise_multiplier == 0.0:
+        if z == 0.0:
             return 0.0
-        total += g.compositions * ev.noise_multiplier**-2
+        total += g.compositions * z**-2
     return total**-0.5
 
 
@@ -442,8 +390,6 @@ def run_delta(run: RunFiles) -> tuple[float | None, str]:
             return float(cfg_delta), ".hydra/config.yaml privacy.delta"
     pops = [ev.population for ev in run.events if ev.population is not None]
     if pops:
-        from fedpriv.accounting import default_delta
-
         return default_delta(max(pops)), f"default for population {max(pops)} (no summary.json)"
     return None, "unknown (no summary.json, no privacy.delta, no population in the ledger)"
 
@@ -599,8 +545,6 @@ def _reported(run: RunFiles) -> dict[str, float]:
 
 
 def _version_notes(run: RunFiles) -> list[str]:
-    from importlib import metadata
-
     notes = []
     for name in ("dp-accounting", "opacus"):
         ran = get(run.summary, f"versions.{name}")
@@ -640,15 +584,19 @@ def accounting_audit(run: RunFiles, delta: float | None = None) -> AccountingAud
     notes = _version_notes(run)
     rows = []
     # dp_accounting logs, through absl, each RDP order it drops for lack of convergence
-    # (dropping an order only loosens the bound).
+    # (dropping an order only loosens the bound); those records alone are dropped, by a filter
+    # attached for this loop only, so the process's logging configuration is left alone.
     absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "failed to converge" not in record.getMessage()
+
+    absl.addFilter(keep)
     try:
         for name in ACCOUNTANTS:
             rows.append(_row(name, groups, delta, reported.get(name)))
     finally:
-        absl.setLevel(level)
+        absl.removeFilter(keep)
     for name, value in reported.items():
         if name not in ACCOUNTANTS:
             rows.append(

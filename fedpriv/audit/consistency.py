@@ -13,12 +13,14 @@ check                  assumption (DESIGN.md section 4)
                        in the configuration and summary against every ledger record, the
                        rate / cohort / population, realised cohort sizes
 ``mechanism``          the privacy mechanism configured is the one recorded (unit of
-                       privacy, Gaussian or distributed noise, adaptive clipping)
-``noise``              noise std = noise multiplier x sensitivity (rule 2), per round:
-                       ``noise_std = z C`` or, with adaptive clipping,
-                       ``z_update C`` with ``z_update = (z^-2 - (2 sigma_b)^-2)^-1/2``
-                       (Andrew et al. 2021, Theorem 1); distributed DP:
-                       ``z = sqrt(n sigma^2) / (s C)``; and the round's own metrics
+                       privacy, and every record claimed by the configured mechanism of
+                       :mod:`fedpriv.privacy.mechanisms`, with its own checks)
+``noise``              noise std = noise multiplier x sensitivity (rule 2), per round, as
+                       the record's mechanism computes it: ``noise_std = z C`` or, with
+                       adaptive clipping, ``z_update C`` with
+                       ``z_update = (z^-2 - (2 sigma_b)^-2)^-1/2`` (Andrew et al. 2021,
+                       Theorem 1); distributed DP: ``z = sqrt(n sigma^2) / (s C)``; Laplace:
+                       ``sqrt(2) z C``; and the round's own metrics
 ``denominator``        with Poisson sampling the noised sum is divided by the expected
                        cohort, never the realised count (rule 2)
 ``rounds``             every executed round has exactly one ledger record; rounds 1..R
@@ -55,7 +57,6 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from fedpriv.accounting.events import DISTRIBUTED_MECHANISMS
 from fedpriv.audit._files import RunFiles
 from fedpriv.audit.accounting import (
     NOT_SUPPORTED,
@@ -65,6 +66,8 @@ from fedpriv.audit.accounting import (
     reported_tolerance,
 )
 from fedpriv.audit.empirical import audit_power
+from fedpriv.errors import ConfigError
+from fedpriv.privacy import mechanisms
 
 PASS, FAIL, NA = "pass", "fail", "n/a"
 #: Relative tolerance between two records of one float32 quantity (clip norms, noise std).
@@ -75,13 +78,6 @@ MAX_LISTED = 5
 #: sampling; with a binomial variance of at least 1 no size has probability above about 0.4,
 #: so 20 equal sizes have probability below 0.4^20, about 1e-8, under Poisson sampling.
 MIN_ROUNDS_FOR_VARIATION = 20
-
-_PRIVACY_UNITS = {
-    "user_dp": "user",
-    "user_dp_adaptive": "user",
-    "distributed_dp": "user",
-    "example_dp": "example",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,13 +313,13 @@ def check_mechanism(run: RunFiles) -> Check:
     sum_name = run.summary_get("privacy.name")
     configured = cfg_name or sum_name
     units = Counter(ev.unit for ev in run.events)
-    mechanisms = Counter(ev.mechanism for ev in run.events)
+    mechanisms_seen = Counter(ev.mechanism for ev in run.events)
     adaptive = sum(ev.count_noise_std is not None for ev in run.events)
     evidence = {
         "config": cfg_name,
         "summary": sum_name,
         "ledger_units": dict(units),
-        "ledger_mechanisms": dict(mechanisms),
+        "ledger_mechanisms": dict(mechanisms_seen),
         "adaptive_records": adaptive,
     }
     if configured is None:
@@ -336,36 +332,26 @@ def check_mechanism(run: RunFiles) -> Check:
         if n:
             problems.append(f"privacy=none but the ledger holds {n} DP records")
         return _outcome(name, title, problems, "no DP configured, none recorded", evidence)
-    if configured not in _PRIVACY_UNITS:
+    try:
+        mech = mechanisms.get(configured)
+    except ConfigError:
         return Check(name, title, NA, f"unknown privacy setting {configured!r}", evidence)
+    if not mech.private or mech.unit is None:
+        return Check(name, title, NA, f"privacy={configured} makes no DP claim", evidence)
     if not n:
         return Check(name, title, NA, "no ledger records", evidence)
-    unit = "gateway" if _gateway_level(run) else _PRIVACY_UNITS[configured]
+    unit = "gateway" if _gateway_level(run) else mech.unit
     if set(units) != {unit}:
         problems.append(f"privacy={configured} is {unit}-level but the ledger has units {units}")
-    if configured == "distributed_dp":
-        noise = run.config_get("privacy.noise")
-        if noise is not None and set(mechanisms) != {noise}:
-            problems.append(f"privacy.noise={noise} but the ledger records {dict(mechanisms)}")
-        elif not set(mechanisms) <= set(DISTRIBUTED_MECHANISMS):
-            problems.append(f"distributed DP but the ledger records {dict(mechanisms)}")
-        amplified = sum(ev.amplification == "sampling" for ev in run.events)
-        evidence["amplified_records"] = amplified
-        if amplified and run.config_get("privacy.amplification") == "none":
-            problems.append(
-                f"privacy.amplification=none but {amplified} of {n} records are accounted with "
-                "amplification by sampling"
-            )
-    elif set(mechanisms) != {"gaussian"}:
-        problems.append(f"privacy={configured} adds Gaussian noise; ledger: {dict(mechanisms)}")
-    if configured == "user_dp_adaptive" and adaptive != n:
+    # The configured mechanism checks its own records; every record must be one it writes.
+    problems += mech.audit(run, run.events)
+    foreign = Counter(mechanisms.for_record(ev).name for ev in run.events if not mech.claims(ev))
+    if foreign:
         problems.append(
-            f"adaptive clipping noises the clip count, but {n - adaptive} of {n} records have "
-            "no count_noise_std"
+            f"privacy={configured} but {sum(foreign.values())} of {n} records are written by "
+            f"other mechanisms: {dict(foreign)}"
         )
-    if configured != "user_dp_adaptive" and adaptive:
-        problems.append(f"privacy={configured} but {adaptive} records have a count_noise_std")
-    kinds = "/".join(sorted(mechanisms))
+    kinds = "/".join(sorted(mechanisms_seen))
     passed = f"privacy={configured}: {unit}-level {kinds} noise in all {n} records"
     if adaptive:
         passed += ", with the adaptive clip count"
@@ -373,20 +359,6 @@ def check_mechanism(run: RunFiles) -> Check:
 
 
 # --------------------------------------------------------------------------- (b) noise
-
-
-def update_noise_multiplier(noise_multiplier: float, count_noise_std: float | None) -> float:
-    """The update sum's own multiplier ``z_update`` given the accounted ``z`` and ``sigma_b``.
-
-    ``z = (z_update^-2 + (2 sigma_b)^-2)^-1/2`` (Andrew et al. 2021, Theorem 1), so
-    ``z_update = (z^-2 - (2 sigma_b)^-2)^-1/2``; ``nan`` when ``2 sigma_b <= z`` (no split
-    exists); ``z`` itself without adaptive clipping.
-    """
-    z = noise_multiplier
-    if count_noise_std is None or z == 0.0:
-        return z
-    rest = z**-2 - (2.0 * count_noise_std) ** -2
-    return rest**-0.5 if rest > 0.0 else math.nan
 
 
 def check_noise(run: RunFiles) -> Check:
@@ -406,42 +378,23 @@ def check_noise(run: RunFiles) -> Check:
     worst = 0.0
     for i, ev in enumerate(run.events):
         rec = run.ledger[i]
-        noise_std, clip = rec.get("noise_std"), rec.get("clip_norm")
-        z = ev.noise_multiplier
-        if ev.is_distributed:
-            if clip is None:
+        noise_std = rec.get("noise_std")
+        # The record's mechanism says what noise its fields imply (and checks them).
+        expected, formula, found = mechanisms.for_record(ev).audit_noise(ev, rec)
+        problems += found
+        if expected is None:
+            if not found:
                 unverifiable += 1
-                continue
-            expected_z = math.sqrt(ev.noise_clients * ev.local_variance) / (ev.scale * clip)
-            dev = abs(z - expected_z) / max(expected_z, 1e-300)
-            worst = max(worst, dev)
-            if dev > FLOAT32_RTOL:
-                problems.append(
-                    f"round {ev.round}: noise_multiplier {z:.6g} but sqrt(noise_clients * "
-                    f"local_variance) / (scale * clip_norm) = {expected_z:.6g}"
-                )
-            z_update = z
-        else:
-            z_update = update_noise_multiplier(z, ev.count_noise_std)
-            if math.isnan(z_update):
-                problems.append(
-                    f"round {ev.round}: count_noise_std {ev.count_noise_std:.6g} <= "
-                    f"noise_multiplier / 2 = {z / 2:.6g}: the clip-count noise alone exceeds "
-                    "the accounted noise"
-                )
-                continue
-        if noise_std is None or clip is None:
+            continue
+        if noise_std is None:
             unverifiable += 1
             continue
         checked += 1
-        expected = z_update * clip
         dev = abs(noise_std - expected) / max(expected, 1e-300) if expected else abs(noise_std)
         worst = max(worst, dev)
         if dev > FLOAT32_RTOL:
-            what = "noise_multiplier" if z_update == z else "z_update"
             problems.append(
-                f"round {ev.round}: noise_std {noise_std:.6g} but {what} {z_update:.6g} x "
-                f"clip_norm {clip:.6g} = {expected:.6g}"
+                f"round {ev.round}: noise_std {noise_std:.6g} but {formula} = {expected:.6g}"
             )
     metrics_checked = _noise_against_metrics(run, problems)
     problems += _noise_against_settings(run)
@@ -476,7 +429,7 @@ def _noise_against_metrics(run: RunFiles, problems: list[str]) -> int:
         if i is None:
             continue
         ev, rec = run.events[i], run.ledger[i]
-        if ev.is_distributed or ev.unit not in ("user", "gateway"):
+        if not mechanisms.for_record(ev).server_reports_noise(ev):
             continue  # the noise is added by the clients, not reported by the server's round
         for key in ("noise_std", "clip_norm"):
             if row.get(key) is None or rec.get(key) is None:

@@ -28,6 +28,9 @@ import jax.numpy as jnp
 from fedpriv.errors import ConfigError
 
 NOISE_KINDS: tuple[str, ...] = ("skellam", "discrete_gaussian")
+#: How a distributed-DP round's sampling is accounted: ``none``, or ``sampling`` (fixed
+#: cohorts, amplification by sampling without replacement).
+AMPLIFICATIONS: tuple[str, ...] = ("none", "sampling")
 
 #: Largest per-client noise variance each float32 sampler reproduces (checked statistically in
 #: the tests). Skellam: ``jax.random.poisson`` drifts above a mean of about 1e5 in float32, so

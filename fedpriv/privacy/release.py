@@ -30,6 +30,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 #: Values of a metrics line that the epsilon covers: the round counter, epsilon (a function of
@@ -125,9 +127,6 @@ def secure_root_key() -> Any:
 
     It lives in memory only; nothing derived from it is written to the run directory.
     """
-    import jax
-    import jax.numpy as jnp
-
     words = np.frombuffer(os.urandom(8), dtype=np.uint32).copy()
     return jax.random.wrap_key_data(jnp.asarray(words))
 

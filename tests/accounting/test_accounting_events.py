@@ -68,7 +68,7 @@ def test_realised_cohort_does_not_change_accounting():
         ({"noise_std": 2.0}, "noise_std"),  # != noise_multiplier * clip_norm
         ({"unit": "group"}, "unit"),
         ({"sampling": "shuffle"}, "sampling"),
-        ({"mechanism": "laplace"}, "mechanism"),
+        ({"mechanism": "exponential"}, "mechanism"),
         ({"format": 2}, "format"),
         ({"steps": 3}, "steps"),  # unit=user runs one aggregation per round
         ({"example_sampling_rate": 0.1}, "example_sampling_rate"),

@@ -147,7 +147,8 @@ def test_canaries_needed_is_minimal(epsilon, delta, confidence):
 def test_canaries_needed_grows_like_e_to_the_epsilon_and_has_limits():
     ratios = [canaries_needed(e + 1, 1e-5) / canaries_needed(e, 1e-5) for e in (6.0, 8.0, 10.0)]
     assert ratios == pytest.approx([math.e] * 3, rel=0.01)
-    # The README's run: 300 canaries refute up to 3.69, so 300 is what 3.69 needs.
+    # The audit guide's run (docs/guides/audit.md): 300 canaries refute up to 3.69, so 300
+    # is what 3.69 needs.
     assert canaries_needed(3.69, 1e-4) == 300
     assert canaries_needed(math.inf, 1e-5) is None
     assert canaries_needed(40.0, 1e-5) is None  # beyond MAX_CANARIES

@@ -99,9 +99,10 @@ def test_gateway_level_fedbuff_and_dropout_runs_are_audited_against_what_ran(
 
 
 def test_dividing_by_the_realised_cohort_fails_the_denominator_check(tmp_path, monkeypatch):
-    from fedpriv.privacy import aggregators, plan
+    from fedpriv.privacy import aggregators
+    from fedpriv.privacy.mechanisms import user_dp
 
-    monkeypatch.setattr(plan, "dp_fedavg", runs.realised_count_aggregator(aggregators.dp_fedavg))
+    monkeypatch.setattr(user_dp, "dp_fedavg", runs.realised_count_aggregator(aggregators.dp_fedavg))
     run_dir = runs.train(tmp_path / "bug", "privacy=user_dp", *Z, *POISSON, "rounds=4")
     report = audit_run(run_dir)
     assert report.verdict == "FAIL" and report.exit_status == 1

@@ -216,8 +216,9 @@ def test_empirical_audit_reads_the_run_directory(tmp_path):
 
 
 def test_empirical_audit_states_what_it_can_refute(tmp_path):
-    # The README's run: 300 inserted and 300 unseen canaries at delta 1e-4; the bound is
-    # computed on 150 + 150 of them, so it cannot pass ln(0.9757 / 0.0243) = 3.69.
+    # The audit guide's run (docs/guides/audit.md): 300 inserted and 300 unseen canaries at
+    # delta 1e-4; the bound is computed on 150 + 150 of them, so it cannot pass
+    # ln(0.9757 / 0.0243) = 3.69.
     inserted, unseen = _gaussian_mechanism_samples(1.4, 300, 8)
     _write(tmp_path, inserted / 100, unseen / 100)
     plain = empirical_audit(tmp_path, 1e-4)

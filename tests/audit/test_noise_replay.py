@@ -92,14 +92,15 @@ def planted(root):
 
     One-round runs replay from parameters rebuilt from the seed, so their observed std ratio
     also checks that path."""
-    from fedpriv.privacy import aggregators, plan
+    from fedpriv.privacy import aggregators
+    from fedpriv.privacy.mechanisms import user_dp
 
     bugs = {
         "noise_0.5x": (aggregators, "add_gaussian", _scaled_noise(0.5), "rounds=1"),
         "noise_0.9x": (aggregators, "add_gaussian", _scaled_noise(0.9), "rounds=1"),
         "no_clipping": (aggregators, "clip", _unclipped, "rounds=2"),
         "realised_divisor": (
-            plan,
+            user_dp,
             "dp_fedavg",
             runs.realised_count_aggregator(aggregators.dp_fedavg),
             "rounds=1",

@@ -1,4 +1,10 @@
-"""Resolving the ``secagg`` config group (and ``privacy=distributed_dp``) into a privacy plan."""
+"""Resolving the ``secagg`` config group into a privacy plan's secure aggregation.
+
+:func:`resolve` checks the group and sizes the fields and integer ring for a plan;
+:func:`build_secure_plan` adds plain secure aggregation to a plan. Distributed DP
+(``privacy=distributed_dp``, :mod:`fedpriv.privacy.mechanisms.distributed_dp`) builds its
+noise on top of :func:`resolve`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from fedpriv.accounting.events import AMPLIFICATIONS
 from fedpriv.errors import ConfigError
-from fedpriv.privacy.distributed import NOISE_KINDS, DistributedNoise, max_scale_for_sampler
+from fedpriv.privacy.mechanisms.base import PrivacyPlan
 from fedpriv.privacy.secagg import graph
 from fedpriv.privacy.secagg.fast import MASK_MODES, MODES, SecAggSpec
 from fedpriv.privacy.secagg.protocol import check_threshold, default_threshold
@@ -27,56 +32,46 @@ def _opt(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def distributed_events(plan: Any, noise: DistributedNoise, rounds: int) -> list[Any]:
-    """The ledger a distributed-DP plan will write (``rounds`` identical records)."""
-    from fedpriv.accounting import RoundEvent
+@dataclasses.dataclass(frozen=True)
+class SecAggSettings:
+    """The checked ``secagg`` group, sized for a cohort.
 
-    event = RoundEvent(
-        round=0,
-        unit="user",
-        sampling=plan.sampling,
-        population=plan.population,
-        cohort_size=int(round(plan.expected_cohort)),
-        noise_multiplier=noise.noise_multiplier,
-        clip_norm=noise.clip_norm,
-        **noise.record(),
-    )
-    return [event] * max(int(rounds), 1)
+    Attributes:
+        mode: ``fast`` or ``protocol``.
+        bits: bits of the integer ring.
+        rotation: randomised Hadamard rotation before quantising.
+        explicit_scale: ``secagg.scale`` when set (else None: chosen automatically).
+        dropout: the protocol's dropout rate (0 for the fast path).
+        dimension: the padded length of a flattened update.
+        cohort: m, the (expected) cohort size, at least 1.
+        threshold: the Shamir threshold (protocol only).
+        common: the :class:`~fedpriv.privacy.secagg.fast.SecAggSpec` fields other than
+            the scale and the noise.
+    """
+
+    mode: str
+    bits: int
+    rotation: bool
+    explicit_scale: float | None
+    dropout: float
+    dimension: int
+    cohort: int
+    threshold: int | None
+    common: dict[str, Any]
 
 
-def build_secure_plan(
-    base: Any,
-    privacy_cfg: Mapping[str, Any],
+def resolve(
+    base: PrivacyPlan,
     secagg_cfg: Mapping[str, Any],
     num_params: int | None,
-) -> Any:
-    """Adds secure aggregation (and, for ``distributed_dp``, its noise) to a privacy plan.
-
-    Args:
-        base: the plan without secure aggregation (for ``distributed_dp``: the ``none`` plan,
-            which holds the sampling).
-        privacy_cfg: the ``privacy`` group. secagg_cfg: the ``secagg`` group.
-        num_params: number of model parameters.
+) -> SecAggSettings:
+    """Checks the ``secagg`` group for ``base``'s cohort and sizes the ring.
 
     Raises:
         ConfigError: naming the field of a setting that cannot work.
-
-    Privacy:
-        ``distributed_dp``: unit one client; every client adds integer noise of variance
-        ``(z C s)^2 / n`` for ``n`` the fewest clients whose noise is in a released sum (the
-        cohort, or the Shamir threshold when clients may drop before their masked input), so
-        the securely summed noise has standard deviation at least ``z C`` in model units.
-        Fixed cohorts only: with Poisson sampling the realised cohort, and so the noise, could
-        fall below what was accounted. Accounted by :mod:`fedpriv.accounting.distributed`,
-        with amplification by sampling the cohort without replacement unless
-        ``privacy.amplification=none`` (the amplification assumes the cohort is drawn
-        uniformly and kept secret, as central DP's accounting of fixed cohorts does).
+        ValueError: no ``num_params``.
     """
-    from fedpriv import accounting
-    from fedpriv.privacy.plan import PrivacyPlan, resolve_delta
-
     mode = str(_opt(secagg_cfg, "mode", "none"))
-    name = privacy_cfg.get("name", "none")
     if mode not in MODES:
         raise ConfigError("secagg.mode", f"unknown mode {mode!r}; choose from {list(MODES)}")
     if mode == "none":
@@ -134,88 +129,44 @@ def build_secure_plan(
         late_dropout=late if mode == "protocol" else 0.0,
     )
 
-    if name != "distributed_dp":
-        bound = base.clip_norm if base.unit == "user" else float(_opt(secagg_cfg, "bound", 1000.0))
-        scale = (
-            float(explicit_scale)
-            if explicit_scale is not None
-            else auto_scale(bits, m, bound, dim, rotation)
-        )
-        return dataclasses.replace(base, secagg=SecAggSpec(scale=scale, **common))
-
-    if base.sampling != "fixed":
-        raise ConfigError(
-            "sampling.kind",
-            f"privacy=distributed_dp needs fixed-size cohorts (sampling=fixed), got "
-            f"{base.sampling!r}: the noise is summed over the clients that take part",
-        )
-    kind = str(_opt(privacy_cfg, "noise", "skellam"))
-    if kind not in NOISE_KINDS:
-        raise ConfigError(
-            "privacy.noise", f"unknown value {kind!r}; choose from {list(NOISE_KINDS)}"
-        )
-    clip = float(_opt(privacy_cfg, "clip_norm", 1.0))
-    if not clip > 0:
-        raise ConfigError("privacy.clip_norm", f"must be > 0, got {clip}")
-    accountant = str(_opt(privacy_cfg, "accountant", "rdp"))
-    if accountant != "rdp":
-        raise ConfigError(
-            "privacy.accountant",
-            f"{accountant!r} cannot analyse distributed DP; it is supported by rdp only",
-        )
-    noise_clients = t if (mode == "protocol" and dropout > 0) else m
-    amplification = str(_opt(privacy_cfg, "amplification", "sampling"))
-    if amplification not in AMPLIFICATIONS:
-        raise ConfigError(
-            "privacy.amplification",
-            f"unknown value {amplification!r}; choose from {list(AMPLIFICATIONS)}",
-        )
-    if base.population is None or m >= int(base.population):
-        amplification = "none"  # every client takes part: nothing to amplify
-
-    def noise_for(z: float) -> DistributedNoise:
-        if explicit_scale is not None:
-            scale = float(explicit_scale)
-        else:
-            scale = min(
-                auto_scale(bits, m, clip, dim, rotation, z),
-                max_scale_for_sampler(kind, z, clip, noise_clients),
-            )
-        return DistributedNoise(kind, z, clip, scale, int(noise_clients), dim, bits, amplification)
-
-    delta = resolve_delta(privacy_cfg, base.population)
-    target = privacy_cfg.get("target_epsilon")
-    rounds = max(int(base.rounds), 1)
-    if target is None:
-        z = float(_opt(privacy_cfg, "noise_multiplier", 0.0))
-        if not z >= 0:
-            raise ConfigError("privacy.noise_multiplier", f"must be >= 0, got {z}")
-    else:
-        target = float(target)
-        if not target > 0:
-            raise ConfigError("privacy.target_epsilon", f"must be > 0, got {target}")
-
-        def eps(z: float) -> float:
-            return accounting.epsilon(distributed_events(base, noise_for(z), rounds), delta, "rdp")
-
-        from fedpriv.accounting.distributed import calibrate
-
-        z = calibrate(target, delta, eps)
-    noise = noise_for(z)
-    noise.check()
-    spec = SecAggSpec(scale=noise.scale, noise=noise, **common)
-    return PrivacyPlan(
-        name="distributed_dp",
-        unit="user",
-        sampling=base.sampling,
-        sampling_rate=base.sampling_rate,
-        population=base.population,
-        expected_cohort=base.expected_cohort,
-        clip_norm=clip,
-        noise_multiplier=z,
-        delta=delta,
-        target_epsilon=target,
-        accountant="rdp",
-        rounds=base.rounds,
-        secagg=spec,
+    return SecAggSettings(
+        mode=mode,
+        bits=bits,
+        rotation=rotation,
+        explicit_scale=None if explicit_scale is None else float(explicit_scale),
+        dropout=dropout,
+        dimension=dim,
+        cohort=m,
+        threshold=t,
+        common=common,
     )
+
+
+def build_secure_plan(
+    base: PrivacyPlan,
+    secagg_cfg: Mapping[str, Any],
+    num_params: int | None,
+) -> PrivacyPlan:
+    """Adds secure aggregation of plain (or centrally noised) sums to a privacy plan.
+
+    Args:
+        base: the plan without secure aggregation.
+        secagg_cfg: the ``secagg`` group.
+        num_params: number of model parameters.
+
+    Raises:
+        ConfigError: naming the field of a setting that cannot work.
+
+    Privacy:
+        Secure aggregation reveals only the sum to the server; the plan's guarantee is the
+        base plan's (the ring's rounding of clipped updates does not change their bound:
+        the scale keeps the sum of ``m`` updates of norm ``C`` inside the ring).
+    """
+    s = resolve(base, secagg_cfg, num_params)
+    bound = base.clip_norm if base.unit == "user" else float(_opt(secagg_cfg, "bound", 1000.0))
+    scale = (
+        s.explicit_scale
+        if s.explicit_scale is not None
+        else auto_scale(s.bits, s.cohort, bound, s.dimension, s.rotation)
+    )
+    return dataclasses.replace(base, secagg=SecAggSpec(scale=scale, **s.common))
