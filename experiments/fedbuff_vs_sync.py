@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from fedpriv.cli._hydra import compose
+from fedpriv.cli import compose
 from fedpriv.config import validate
 from fedpriv.errors import ConfigError, exit_on_config_error
 from fedpriv.fl import experiment, fedbuff

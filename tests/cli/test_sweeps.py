@@ -16,9 +16,9 @@ from tests.conftest import REPO, run_cli
 
 DEBUG = ["experiment=debug", "progress=false"]
 EXAMPLE = ["privacy=user_dp", "privacy.target_epsilon=0.5,2,8", "seed=0,1"]
-#: The README's example sweep with three of its five budgets, two of its three seeds and 30 of
-#: its 100 rounds, to keep the suite short (the full sweep: about 2 minutes on two cores,
-#: README "Sweeps and reports").
+#: The example sweep of docs/guides/sweeps.md with three of its five budgets, two of its three
+#: seeds and 30 of its 100 rounds, to keep the suite short (the full sweep: about 2 minutes on
+#: two cores, docs/guides/sweeps.md).
 EXAMPLE_ROUNDS = "rounds=30"
 
 

@@ -316,10 +316,10 @@ def test_shakespeare_trains_the_char_lstm_end_to_end(tmp_path):
 @pytest.mark.parametrize(
     "command",
     [
-        # The README's example-level DP command, for 2 rounds.
+        # The privacy guide's (docs/guides/privacy.md) example-level DP command, for 2 rounds.
         "privacy=example_dp privacy.example_sampling_rate=0.5 client.batch_size=2 "
         "sampling=fixed sampling.cohort_size=50",
-        # The README's run directory to share.
+        # The privacy guide's run directory to share.
         "privacy.noise_source=secure privacy.release=strict",
     ],
 )

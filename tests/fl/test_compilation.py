@@ -3,7 +3,7 @@
 import numpy as np
 from omegaconf import OmegaConf
 
-from fedpriv.cli._hydra import compose
+from fedpriv.cli import compose
 from fedpriv.config import validate
 from fedpriv.fl import experiment
 

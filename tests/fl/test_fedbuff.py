@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from fedpriv import accounting
-from fedpriv.cli._hydra import compose
+from fedpriv.cli import compose
 from fedpriv.config import validate
 from fedpriv.errors import ConfigError
 from fedpriv.fl import experiment, fedbuff, loop

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from fedpriv import accounting
 from fedpriv.accounting import RoundEvent
-from fedpriv.cli._hydra import compose
+from fedpriv.cli import compose
 from fedpriv.config import validate
 from fedpriv.errors import ConfigError
 from fedpriv.fl import experiment, loop
