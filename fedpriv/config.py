@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fedpriv.data import available as available_datasets
-from fedpriv.errors import ConfigError
+from fedpriv.errors import ConfigError, check_range
 from fedpriv.privacy import mechanisms
 from fedpriv.privacy.release import NOISE_SOURCES, RELEASE_MODES
 
@@ -84,13 +84,7 @@ def number(
             raise ValueError
     except (TypeError, ValueError):
         raise ConfigError(path, f"must be {kind}, got {raw!r}") from None
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
-    allowed = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
-    bad_low = low is not None and (value <= low if low_open else value < low)
-    bad_high = high is not None and (value >= high if high_open else value > high)
-    if bad_low or bad_high or value != value:
-        raise ConfigError(path, f"must be in {allowed}, got {raw!r}")
+    check_range(path, value, raw, low=low, high=high, low_open=low_open, high_open=high_open)
     return value
 
 
@@ -202,7 +196,8 @@ def validate_secagg(cfg: Mapping[str, Any]) -> None:
             )
 
 
-CANARY_PRIVACY = ("user_dp", "user_dp_adaptive")
+#: The mechanisms whose rounds are Gaussian DP-FedAvg's (canaries and gateway-level DP).
+CANARY_PRIVACY = tuple(m.name for m in mechanisms.mechanisms() if m.gaussian_fedavg)
 
 
 def validate_canaries(cfg: Mapping[str, Any]) -> None:
@@ -225,8 +220,8 @@ def validate_canaries(cfg: Mapping[str, Any]) -> None:
     if privacy not in CANARY_PRIVACY:
         raise ConfigError(
             "canaries.count",
-            f"canary clients need user-level DP-FedAvg (privacy=user_dp or "
-            f"privacy=user_dp_adaptive), got privacy={privacy}; set canaries.count=0 otherwise",
+            f"canary clients need user-level DP-FedAvg (privacy: one of "
+            f"{list(CANARY_PRIVACY)}), got privacy={privacy}; set canaries.count=0 otherwise",
         )
     secagg = _get(cfg, "secagg.mode", "none") or "none"
     if secagg != "none":
@@ -359,7 +354,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
 HIERARCHY = ("none", "gateways")
 HIERARCHY_ASSIGN = ("modulo", "blocks")
 HIERARCHY_DP_UNITS = ("client", "gateway")
-GATEWAY_PRIVACY = ("user_dp", "user_dp_adaptive")
+GATEWAY_PRIVACY = CANARY_PRIVACY
 
 
 def validate_hierarchy(cfg: Mapping[str, Any]) -> None:
@@ -417,8 +412,8 @@ def validate_hierarchy(cfg: Mapping[str, Any]) -> None:
         if privacy not in GATEWAY_PRIVACY:
             raise ConfigError(
                 "hierarchy.dp_unit",
-                f"gateway-level DP needs privacy=user_dp or user_dp_adaptive, got "
-                f"privacy={privacy}; use hierarchy.dp_unit=client otherwise",
+                f"gateway-level DP needs DP-FedAvg (privacy: one of {list(GATEWAY_PRIVACY)}), "
+                f"got privacy={privacy}; use hierarchy.dp_unit=client otherwise",
             )
         if secagg != "none":
             raise ConfigError(
@@ -515,8 +510,8 @@ def validate_edge(cfg: Mapping[str, Any]) -> None:
     needs client SGD (``client.optimizer=sgd``) and an optional ``tau_eff > 0``. Dropping
     clients after sampling needs the jit-compiled round (not ``secagg=protocol``, which has
     its own dropout model) and no canary clients; changes to local training
-    (``compute`` with ``drop: false``, FedProx, FedNova) need local SGD without example-level
-    DP and the direct execution path.
+    (``compute`` with ``drop: false``, FedProx, FedNova) need the direct execution path; they
+    compose with example-level DP-SGD.
 
     Raises:
         ConfigError: naming the field and what is allowed.
@@ -601,12 +596,6 @@ def validate_edge(cfg: Mapping[str, Any]) -> None:
             "compute=none and a synchronous algorithm with it",
         )
     if local:
-        if _get(cfg, "privacy.name") == "example_dp":
-            raise ConfigError(
-                "privacy.name",
-                "example_dp runs a fixed number of DP-SGD steps per client; it does not combine "
-                "with compute=uniform/stragglers (drop=false), algorithm=fedprox or fednova",
-            )
         if _get(cfg, "execution.path") == "lowrank":
             raise ConfigError(
                 "execution.path",

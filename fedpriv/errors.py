@@ -33,6 +33,38 @@ class ConfigError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
+def check_range(
+    field: str,
+    value: float,
+    raw: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """The one range check of configuration numbers: ``value`` (read from ``raw``) must lie
+    in the interval ``low``..``high``, open at an end where stated; NaN never does.
+
+    Raises:
+        ConfigError: naming ``field``, stating the allowed interval and what it got.
+
+    Example:
+        >>> check_range("client.lr", 0.1, "0.1", low=0, low_open=True)
+        >>> check_range("client.lr", -1.0, -1, low=0, low_open=True)
+        Traceback (most recent call last):
+        ...
+        fedpriv.errors.ConfigError: client.lr: must be in (0, inf], got -1
+    """
+    lo = "(" if low_open else "["
+    hi = ")" if high_open else "]"
+    allowed = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+    bad_low = low is not None and (value <= low if low_open else value < low)
+    bad_high = high is not None and (value >= high if high_open else value > high)
+    if bad_low or bad_high or value != value:
+        raise ConfigError(field, f"must be in {allowed}, got {raw!r}")
+
+
 def fail(message: str) -> None:
     """Prints ``fedpriv: error: <message>`` to stderr and exits with status 2."""
     print(f"fedpriv: error: {message}", file=sys.stderr, flush=True)

@@ -90,6 +90,7 @@ from fedpriv.audit.consistency import FAIL, NA, PASS, Check
 from fedpriv.errors import ConfigError
 from fedpriv.fl import experiment
 from fedpriv.fl.checkpoint import flatten, leaf_name, load_final_params, restore_step
+from fedpriv.privacy import mechanisms
 
 #: The check's false-failure rate on an honest run (Bonferroni over its tests).
 FALSE_FAILURE_RATE = 1e-3
@@ -223,13 +224,16 @@ def not_covered(run: RunFiles) -> str | None:
         return "no composed configuration (.hydra/config.yaml): the round cannot be rebuilt"
     get = run.config_get
     privacy = get("privacy.name", "none")
-    if privacy == "none":
-        return "no differential privacy claimed (privacy=none)"
-    if privacy == "example_dp":
+    if privacy not in mechanisms.names():
+        return f"privacy {privacy!r} is not a known mechanism"
+    mechanism = mechanisms.get(privacy)
+    if not mechanism.private:
+        return f"no differential privacy claimed (privacy={privacy})"
+    if mechanism.unit == "example":
         return "example-level DP-SGD runs inside local training; the reference replays DP-FedAvg"
-    if privacy == "distributed_dp" or get("secagg.mode", "none") != "none":
+    if mechanism.owns_secagg or get("secagg.mode", "none") != "none":
         return "distributed DP / secure aggregation quantise and noise on the clients"
-    if privacy not in ("user_dp", "user_dp_adaptive"):
+    if not mechanism.gaussian_fedavg:
         return f"privacy {privacy!r} is not DP-FedAvg"
     if get("hierarchy.name", "none") != "none":
         return "hierarchical aggregation (hierarchy) is not replayed"
@@ -337,7 +341,7 @@ def replay_last_round(run: RunFiles) -> RoundReplay:
         raise NotReplayable("the ledger holds no executed round")
     index = max(i for i, ev in enumerate(run.events) if ev.round == last)
     event = run.events[index]
-    adaptive = cfg["privacy"].get("name") == "user_dp_adaptive"
+    adaptive = mechanisms.get(cfg["privacy"]["name"]).adaptive_clip
     z = float(event.noise_multiplier)
     z_update = z
     if adaptive:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from sklearn.datasets import load_digits as sk_load_digits
 
+from fedpriv.conf import with_preset
 from fedpriv.data import partition as partition_lib
 from fedpriv.data.store import PopulationStore
 from fedpriv.errors import ConfigError
@@ -74,7 +75,8 @@ def load(cfg: Mapping[str, Any], rng: np.random.Generator) -> FederatedData:
     name = cfg.get("name")
     if name not in _LOADERS:
         raise ConfigError("dataset.name", f"unknown data set {name!r}; choose from {available()}")
-    return _LOADERS[name](cfg, rng)
+    # Keys left out take the preset's defaults (fedpriv/conf/dataset/<name>.yaml).
+    return _LOADERS[name](with_preset("dataset", cfg), rng)
 
 
 def partition_population(
@@ -91,9 +93,9 @@ def partition_population(
     ``cfg["partition"]["kind"]`` is one of ``iid``, ``dirichlet`` (with ``alpha``), ``shards``
     (with ``shards_per_client``) or ``natural`` (needs ``user_ids``).
     """
-    part = dict(cfg.get("partition") or {"kind": "iid"})
-    kind = part.get("kind", "iid")
-    num_clients = int(cfg.get("num_clients", 100))
+    part = dict(required(cfg, "partition"))
+    kind = required(part, "kind", "dataset.partition")
+    num_clients = int(required(cfg, "num_clients"))
     if kind == "iid":
         client_of = partition_lib.iid(len(y), num_clients, rng)
     elif kind == "dirichlet":
@@ -127,6 +129,18 @@ def train_test_split(
         idx = rng.permutation(np.flatnonzero(y == c))
         test[idx[: int(round(test_fraction * len(idx)))]] = True
     return x[~test], y[~test], x[test], y[test]
+
+
+def required(block: Mapping[str, Any], key: str, where: str = "dataset") -> Any:
+    """``block[key]``, which must be set (``load`` fills it from the preset).
+
+    Raises:
+        ConfigError: naming ``<where>.<key>`` when it is missing or null.
+    """
+    value = block.get(key) if isinstance(block, Mapping) else None
+    if value is None:
+        raise ConfigError(f"{where}.{key}", "is required")
+    return value
 
 
 def _number(value: Any, field: str) -> float:

@@ -25,6 +25,7 @@ from fedpriv.data.datasets import (
     _number,
     partition_population,
     register,
+    required,
     train_test_split,
 )
 from fedpriv.errors import ConfigError
@@ -66,8 +67,8 @@ def load_npz(cfg: Mapping[str, Any], rng: np.random.Generator) -> FederatedData:
         if name in arrays and not np.all(np.isfinite(arrays[name])):
             bad = int(np.size(arrays[name]) - np.count_nonzero(np.isfinite(arrays[name])))
             raise ConfigError(field, f"{path}: {name} holds {bad} non-finite values (NaN or inf)")
-    kind = (cfg.get("partition") or {}).get("kind", "iid")
-    num_clients = int(cfg.get("num_clients", 100))
+    kind = required(required(cfg, "partition"), "kind", "dataset.partition")
+    num_clients = int(required(cfg, "num_clients"))
     user_ids = arrays.get("user_ids")
     if has_test:
         x_tr, y_tr = x, y

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fedpriv.data.datasets import FederatedData, partition_population, register
+from fedpriv.data.datasets import FederatedData, partition_population, register, required
 from fedpriv.data.store import PopulationStore
 from fedpriv.errors import ConfigError
 
@@ -175,7 +175,7 @@ def _partitioned(
     name: str,
     source: str,
 ) -> FederatedData:
-    num_clients = int(cfg.get("num_clients", 100))
+    num_clients = int(required(cfg, "num_clients"))
     if len(y) < num_clients:
         raise ConfigError(
             "dataset.num_clients",

@@ -14,6 +14,8 @@ from fedpriv.errors import ConfigError
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
+#: ``schedule(key, count) -> (idx[T, B], weights[T, B], step_keys[T], active[T])``.
+Schedule = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array, jax.Array]]
 
 
 class ClientBatch(NamedTuple):
@@ -86,6 +88,7 @@ def make_client_update(
     n_cap: int,
     grad_fn: Callable[..., tuple[jax.Array, PyTree]] | None = None,
     *,
+    schedule: Schedule | None = None,
     proximal_mu: float = 0.0,
     work_fraction: Callable[[jax.Array], jax.Array] | None = None,
     normalize: Callable[[jax.Array], jax.Array] | None = None,
@@ -106,7 +109,16 @@ def make_client_update(
         batch_size: local batch size B.
         n_cap: static number of example slots per client.
         grad_fn: optional ``grad_fn(params, x[B], y[B], w[B], key) -> (loss, grads)``
-            replacing the plain weighted-mean gradient (example-level DP-SGD plugs in here).
+            replacing the plain weighted-mean gradient (example-level DP-SGD plugs in here,
+            :func:`fedpriv.privacy.dpsgd.dpsgd_grad`).
+        schedule: optional ``schedule(key, count) -> (idx[T, B], weights[T, B], keys[T],
+            active[T])`` replacing the epoch schedule (:func:`batch_schedule`, whose active
+            steps are those holding a real example): which examples each of the ``T`` steps
+            sees, their weights, the step's key handed to ``grad_fn``, and whether the step is
+            taken. DP-SGD's Poisson schedule takes every step, sampled example or not
+            (:func:`fedpriv.privacy.dpsgd.poisson_schedule`). Every option below composes
+            with it: FedProx's term is added to ``grad_fn``'s gradient, a work fraction masks
+            the last active steps, FedNova normalises by the steps taken.
         proximal_mu: FedProx's mu (Li et al. 2020, Algorithm 2): local training minimises
             ``F_k(w) + mu/2 ||w - w_global||^2``, so ``mu (w - w_global)`` is added to each
             step's gradient before the optimizer (any optax optimizer). ``0`` is FedAvg: the
@@ -150,15 +162,22 @@ def make_client_update(
 
     compute_grad = grad_fn or plain_grad
 
+    def epochs_schedule(key: jax.Array, count: jax.Array):
+        idx, weights, step_keys = batch_schedule(key, count, n_cap, batch_size, epochs)
+        return idx, weights, step_keys, jnp.any(weights, axis=1)
+
+    make_schedule = schedule or epochs_schedule
+
     def client_update(params: PyTree, batch: ClientBatch, key: jax.Array) -> ClientOutput:
-        idx, weights, step_keys = batch_schedule(key, batch.count, n_cap, batch_size, epochs)
+        idx, weights, step_keys, taken = make_schedule(key, batch.count)
         if work_fraction is not None:
             fraction = work_fraction(jax.random.fold_in(key, COMPUTE_PURPOSE))
-            weights = weights & step_budget_mask(weights, fraction)[:, None]
+            taken = taken & step_budget_mask(taken[:, None], fraction)
+            weights = weights & taken[:, None]
 
         def step(carry, inputs):
             local, opt_state = carry
-            ix, w, k = inputs
+            ix, w, k, active = inputs
             w = w.astype(jnp.float32)
             loss, grads = compute_grad(local, batch.x[ix], batch.y[ix], w, k)
             if proximal_mu:
@@ -170,14 +189,13 @@ def make_client_update(
                 )
             updates, new_opt_state = optimizer.update(grads, opt_state, local)
             new_local = optax.apply_updates(local, updates)
-            active = jnp.any(w > 0)
             keep = lambda new, old: jnp.where(active, new, old)
             local = jax.tree.map(keep, new_local, local)
             opt_state = jax.tree.map(keep, new_opt_state, opt_state)
             return (local, opt_state), (loss * active, active)
 
         (local, _), (losses, active) = jax.lax.scan(
-            step, (params, optimizer.init(params)), (idx, weights, step_keys)
+            step, (params, optimizer.init(params)), (idx, weights, step_keys, taken)
         )
         steps = jnp.sum(active)
         update = jax.tree.map(jnp.subtract, local, params)

@@ -430,9 +430,12 @@ def build_edge(
         cfg: the run configuration (validated by :func:`fedpriv.config.validate`).
         population: number of clients N (trace ids must lie in ``[0, N)``).
         seed_key: a key derived from the run's seed (for the diurnal phases).
-        user_dp: whether the run has user-level DP (FedNova's ``tau_eff`` must be public).
-        local_steps: ``E * ceil(client.max_examples / B)`` when the cap is declared (None
-            otherwise): FedNova's default public ``tau_eff`` under user-level DP.
+        user_dp: whether the run has user- or example-level DP (FedNova's ``tau_eff`` must
+            then be public).
+        local_steps: the most local steps a client takes, when that is public: DP-SGD's
+            fixed steps under example-level DP, else ``E * ceil(client.max_examples / B)``
+            when the cap is declared (None otherwise): FedNova's default public ``tau_eff``
+            under DP.
 
     Raises:
         ConfigError: a trace that does not fit the population; FedNova under user-level DP

@@ -265,12 +265,8 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         cfg,
         population=data.train.num_clients,
         seed_key=purpose_key(seed, edge_lib.EDGE_PURPOSE),
-        user_dp=privacy.unit in ("user", "gateway"),
-        local_steps=None
-        if max_examples is None
-        else num_local_steps(
-            int(max_examples), int(cfg["client"]["batch_size"]), int(cfg["client"]["epochs"])
-        ),
+        user_dp=privacy.unit in ("user", "gateway", "example"),
+        local_steps=_public_local_steps(privacy, max_examples, cfg["client"]),
     )
     alg = cfg["algorithm"]
     server_opt = server_optimizer_from_config(alg)
@@ -378,6 +374,18 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         canaries=canaries,
         initial_params=params,
         noise_root=noise_root,
+    )
+
+
+def _public_local_steps(privacy: PrivacyPlan, max_examples, client_cfg) -> int | None:
+    """The local steps a client takes at most, when they are public: DP-SGD's fixed steps
+    under example-level DP, else ``E ceil(max_examples / B)`` when the cap is declared."""
+    if privacy.unit == "example":
+        return int(privacy.steps)
+    if max_examples is None:
+        return None
+    return num_local_steps(
+        int(max_examples), int(client_cfg["batch_size"]), int(client_cfg["epochs"])
     )
 
 

@@ -533,6 +533,13 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
             has been written.
         Interrupted: SIGTERM or SIGINT arrived; the checkpoint of the last step is written.
     """
+    return run_experiment(cfg, run_dir, progress)[1]
+
+
+def run_experiment(
+    cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = True
+) -> tuple[Steps, dict]:
+    """:func:`run`, returning the experiment as well (its ``state`` is the final one)."""
     run_dir = Path(run_dir)
     check_output_dir(run_dir)
     settings = RunSettings.from_config(cfg)
@@ -541,7 +548,7 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
     else:
         exp = build(cfg)
     config = {k: v for k, v in cfg.items() if k != "resume"}
-    return drive(exp, settings, run_dir, config, progress)
+    return exp, drive(exp, settings, run_dir, config, progress)
 
 
 __all__ = [
@@ -552,5 +559,6 @@ __all__ = [
     "drive",
     "package_versions",
     "run",
+    "run_experiment",
     "to_python",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 
 from fedpriv import accounting
 from fedpriv.accounting import distributed as distributed_accounting
+from fedpriv.conf import with_preset
 from fedpriv.privacy import mechanisms
 from fedpriv.privacy.mechanisms.base import AccountingTools, PrivacyPlan, resolve_delta
 from fedpriv.privacy.secagg.plan import build_secure_plan
@@ -43,6 +44,10 @@ def build_plan(
     (:func:`fedpriv.privacy.secagg.plan.build_secure_plan`); a mechanism that builds its own
     secure aggregation (``distributed_dp``) receives them.
 
+    Keys the ``privacy`` block leaves out take the values of the preset its ``name`` names;
+    a ``noise_multiplier`` given without ``target_epsilon`` is the fixed noise (the preset's
+    target is cleared).
+
     Raises:
         ConfigError: a bad privacy setting, or one that cannot work with this population.
 
@@ -51,6 +56,12 @@ def build_plan(
         :mod:`fedpriv.privacy.mechanisms`); secure aggregation changes what the server sees,
         not the accounted guarantee.
     """
+    # Keys left out take the preset's defaults (fedpriv/conf/privacy/<name>.yaml); a noise
+    # multiplier given without a target replaces the preset's target, as on the command line.
+    given = dict(privacy_cfg)
+    if given.get("noise_multiplier") is not None and "target_epsilon" not in given:
+        given["target_epsilon"] = None
+    privacy_cfg = with_preset("privacy", given)
     mechanism = mechanisms.get(privacy_cfg.get("name", "none"))
     tools = AccountingTools(
         accounting.epsilon, accounting.calibrate_noise, distributed_accounting.calibrate

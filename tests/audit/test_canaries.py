@@ -51,7 +51,7 @@ def _lines(path):
         (["canaries.count=-1"], "[0, inf]"),
         (["canaries.count=2.5"], "integer"),
         (["canaries.count=3", "canaries.unseen=-2"], "[0, inf]"),
-        (["canaries.count=3", "privacy=none"], "privacy=user_dp or privacy=user_dp_adaptive"),
+        (["canaries.count=3", "privacy=none"], "one of ['user_dp', 'user_dp_adaptive']"),
         (["canaries.count=3", "privacy=example_dp"], "got privacy=example_dp"),
         (["canaries.count=3", "secagg=fast"], "secagg=none"),
         (["canaries.count=3", "execution.path=lowrank"], "execution.path"),

@@ -6,6 +6,9 @@ True
 >>> mechanisms.get("user_dp").unit
 'user'
 
+A mechanism object is also the typed ``privacy`` setting of a run from Python
+(:func:`fedpriv.simulate`; the classes are collected in :mod:`fedpriv.mechanisms`).
+
 Every public module of this package is imported when the package is, and registers its
 mechanism (:func:`register`); :func:`get` finds one by its ``privacy.name`` and
 :func:`for_record` the one that wrote a ledger record. See :mod:`.base` for what a mechanism
@@ -24,6 +27,7 @@ from fedpriv.privacy.mechanisms._registry import (
 from fedpriv.privacy.mechanisms.base import (
     ADD_OR_REMOVE_ONE,
     REPLACE_ONE,
+    DpMechanism,
     DpSettings,
     Mechanism,
     PrivacyPlan,
@@ -37,6 +41,7 @@ discover(__name__, __path__)
 __all__ = [
     "ADD_OR_REMOVE_ONE",
     "REPLACE_ONE",
+    "DpMechanism",
     "DpSettings",
     "Mechanism",
     "PrivacyPlan",

@@ -23,8 +23,8 @@ from fedpriv.privacy.mechanisms.base import (
     ADD_OR_REMOVE_ONE,
     USER_LIKE,
     AccountingTools,
+    DpMechanism,
     DpSettings,
-    Mechanism,
     PrivacyPlan,
     record_cohort,
     resolve_delta,
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 
 @dataclasses.dataclass(frozen=True)
-class GaussianSum(GaussianSumKind, Mechanism):
+class GaussianSum(GaussianSumKind, DpMechanism):
     """Gaussian noise of std ``z C`` on a sum of contributions of L2 norm at most ``C``.
 
     Privacy:

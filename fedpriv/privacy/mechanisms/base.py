@@ -39,9 +39,10 @@ from fedpriv.accounting.events import (
     amplify,
     relation_of,
 )
-from fedpriv.errors import ConfigError
+from fedpriv.errors import ConfigError, check_range
 from fedpriv.fl.aggregators import WEIGHTINGS, Aggregator
 from fedpriv.fl.client import make_client_update
+from fedpriv.groups import ConfigGroup
 from fedpriv.privacy.secagg.fast import secure_aggregator, with_client_key
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ __all__ = [
     "REPLACE_ONE",
     "USER_LIKE",
     "AccountingTools",
+    "DpMechanism",
     "DpSettings",
     "Mechanism",
     "PrivacyPlan",
@@ -134,13 +136,7 @@ def number(
         value = float(raw)
     except (TypeError, ValueError):
         raise ConfigError(path, f"must be a number, got {raw!r}") from None
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
-    allowed = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
-    bad_low = low is not None and (value <= low if low_open else value < low)
-    bad_high = high is not None and (value >= high if high_open else value > high)
-    if bad_low or bad_high or value != value:
-        raise ConfigError(path, f"must be in {allowed}, got {raw!r}")
+    check_range(path, value, raw, low=low, high=high, low_open=low_open, high_open=high_open)
     return value
 
 
@@ -396,9 +392,17 @@ def record_cohort(plan: PrivacyPlan) -> float | int:
 # --------------------------------------------------------------------------- mechanisms
 
 
-@dataclasses.dataclass(frozen=True)
-class Mechanism(LedgerKind):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Mechanism(LedgerKind, ConfigGroup):
     """A privacy mechanism: config, aggregation, ledger record, event and audit, in one.
+
+    A mechanism object is also the typed choice of the ``privacy`` configuration group
+    (:class:`~fedpriv.groups.ConfigGroup`): its dataclass fields are the fields of its preset
+    (``fedpriv/conf/privacy/<name>.yaml``), ``None`` keeping the preset's value, so
+    ``DpFedAvg(clip_norm=0.5)`` passed to :func:`fedpriv.simulate` runs what
+    ``privacy=user_dp privacy.clip_norm=0.5`` runs from the shell. The registry holds the
+    instance with every field ``None``; the run is built from the validated, composed block
+    (:meth:`build`), so each default and range check lives in one place.
 
     Subclasses set the class attributes and override what differs. A mechanism is the
     :class:`~fedpriv.accounting.events.LedgerKind` of its records, so its sensitivity
@@ -414,6 +418,10 @@ class Mechanism(LedgerKind):
         accountants: the accountants that analyse its rounds, in table order.
         private: whether the mechanism makes a DP claim.
         owns_secagg: whether it builds its own secure aggregation (distributed DP).
+        gaussian_fedavg: whether a round is DP-FedAvg's: every client update clipped to the
+            clip norm, Gaussian noise on the sum, divided by the expected cohort (what
+            canary clients, gateway-level DP and the audit's reference replay build on).
+        adaptive_clip: whether the clip norm adapts (a noised count is released too).
 
     Privacy:
         Each subclass states its guarantee and neighbouring relation.
@@ -425,6 +433,18 @@ class Mechanism(LedgerKind):
     accountants: ClassVar[tuple[str, ...]] = ACCOUNTANTS
     private: ClassVar[bool] = True
     owns_secagg: ClassVar[bool] = False
+    gaussian_fedavg: ClassVar[bool] = False
+    adaptive_clip: ClassVar[bool] = False
+    group: ClassVar[str] = "privacy"
+
+    #: ``seeded`` (noise keys from the seed) or ``secure`` (the OS CSPRNG).
+    noise_source: str | None = None
+    #: ``diagnostics`` or ``strict`` (only what epsilon covers is written).
+    release: str | None = None
+
+    def selections(self) -> list[str]:
+        """The overrides that select this mechanism's preset (``["privacy=<name>"]``)."""
+        return [f"privacy={self.name}"]
 
     # ----------------------------------------------------------------- config and plan
 
@@ -551,3 +571,41 @@ class Mechanism(LedgerKind):
         """Mechanism-specific problems of a run's records (the consistency audit's
         ``mechanism`` check)."""
         return []
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DpMechanism(Mechanism):
+    """A mechanism with the fields every DP preset shares (:class:`DpSettings`).
+
+    Give ``noise_multiplier`` or ``target_epsilon``, not both; a noise multiplier replaces
+    the preset's target, as ``privacy.noise_multiplier=Z`` does on the command line.
+
+    Raises:
+        ValueError: both ``noise_multiplier`` and ``target_epsilon`` are given.
+    """
+
+    #: C > 0: the L2 bound of one contribution.
+    clip_norm: float | None = None
+    #: z >= 0: a fixed noise multiplier (clears the preset's target epsilon).
+    noise_multiplier: float | None = None
+    #: Calibrate the noise to spend this epsilon over the run's rounds.
+    target_epsilon: float | None = None
+    #: The claim's delta (None: the preset's, by default below 1/population).
+    delta: float | None = None
+    #: The accountant of calibration and per-round epsilon (``rdp``, ``pld``, ...).
+    accountant: str | None = None
+    #: Stop training once this epsilon is spent.
+    stop_at_epsilon: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
+            raise ValueError(
+                "noise_multiplier and target_epsilon: give one of them, got "
+                f"{self.noise_multiplier!r} and {self.target_epsilon!r}"
+            )
+
+    def values(self) -> dict[str, Any]:
+        out = super().values()
+        if self.noise_multiplier is not None:
+            out["target_epsilon"] = None
+        return out

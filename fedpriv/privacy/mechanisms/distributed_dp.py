@@ -33,8 +33,8 @@ from fedpriv.privacy.distributed import (
 from fedpriv.privacy.ledger import LEDGER_FORMAT
 from fedpriv.privacy.mechanisms._registry import register
 from fedpriv.privacy.mechanisms.base import (
+    DpMechanism,
     DpSettings,
-    Mechanism,
     PrivacyPlan,
     choice,
     plan_common,
@@ -78,7 +78,7 @@ def _reporting_noise(agg: Aggregator, noise_std: float) -> Aggregator:
 
 
 @dataclasses.dataclass(frozen=True)
-class DistributedDp(DistributedKind, Mechanism):
+class DistributedDp(DistributedKind, DpMechanism):
     """Client-side integer noise on secure aggregation, fixed-size cohorts only.
 
     Privacy:
@@ -96,6 +96,21 @@ class DistributedDp(DistributedKind, Mechanism):
     name = "distributed_dp"
     unit = "user"
     owns_secagg = True
+
+    #: ``skellam`` or ``discrete_gaussian``.
+    noise: str | None = None
+    #: ``sampling`` (amplification by the secret cohort draw) or ``none``.
+    amplification: str | None = None
+    #: The secure aggregation it runs on: ``fast`` or ``protocol``.
+    secagg: str = "fast"
+
+    def selections(self) -> list[str]:
+        return [*super().selections(), f"secagg={self.secagg}"]
+
+    def values(self) -> dict[str, Any]:
+        out = super().values()
+        out.pop("secagg")
+        return out
 
     def validate(self, privacy_cfg: Mapping[str, Any]) -> None:
         choice(privacy_cfg, "noise", NOISE_KINDS, "skellam")

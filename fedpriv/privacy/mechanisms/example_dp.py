@@ -88,6 +88,9 @@ class ExampleDpSgd(GaussianSum):
     name = "example_dp"
     unit = "example"
 
+    #: q: each local step's Poisson rate over a client's examples.
+    example_sampling_rate: float | None = None
+
     def claims(self, event: RoundEvent) -> bool:
         return event.mechanism == "gaussian" and event.unit == "example"
 
@@ -137,21 +140,12 @@ class ExampleDpSgd(GaussianSum):
         n_cap: int,
         **local: Any,
     ) -> Callable:
-        """DP-SGD (:func:`~fedpriv.privacy.dpsgd.make_dpsgd_client_update`).
-
-        Raises:
-            ConfigError: naming ``privacy.name`` for local-training options.
+        """DP-SGD (:func:`~fedpriv.privacy.dpsgd.make_dpsgd_client_update`), with the
+        options of local training (``local``: FedProx, heterogeneous compute, FedNova).
 
         Privacy:
-            See the class.
+            See the class and :func:`~fedpriv.privacy.dpsgd.make_dpsgd_client_update`.
         """
-        if local:
-            raise ConfigError(
-                "privacy.name",
-                "example_dp runs a fixed number of DP-SGD steps per client; it does not "
-                f"combine with {sorted(local)} (algorithm=fedprox/fednova, compute=uniform or "
-                "stragglers with drop=false)",
-            )
         return make_dpsgd_client_update(
             apply_fn,
             optimizer,
@@ -161,6 +155,7 @@ class ExampleDpSgd(GaussianSum):
             plan.noise_multiplier,
             n_cap,
             float(plan.expected_batch_size),
+            **local,
         )
 
     def ledger_record(self, plan: PrivacyPlan, rnd: int, metrics: Mapping[str, Any]):

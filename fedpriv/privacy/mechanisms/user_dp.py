@@ -52,6 +52,10 @@ class DpFedAvg(GaussianSum):
 
     name = "user_dp"
     unit = "user"
+    gaussian_fedavg = True
+
+    #: Per-layer clipping, with budgets whose squares sum to ``clip_norm^2``.
+    per_layer: bool | None = None
 
     def claims(self, event) -> bool:
         return (

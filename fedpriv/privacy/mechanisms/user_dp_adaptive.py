@@ -50,6 +50,26 @@ class AdaptiveDpFedAvg(DpFedAvg):
     """
 
     name = "user_dp_adaptive"
+    adaptive_clip = True
+
+    #: The quantile of the update norms the clip norm tracks (``adaptive.target_quantile``).
+    target_quantile: float | None = None
+    #: The step size of the clip norm's geometric update (``adaptive.learning_rate``).
+    clip_learning_rate: float | None = None
+    #: The std of the noised count of unclipped updates (``adaptive.count_noise_std``).
+    count_noise_std: float | None = None
+
+    def values(self) -> dict[str, Any]:
+        out = super().values()
+        nested = {
+            "target_quantile": out.pop("target_quantile", None),
+            "learning_rate": out.pop("clip_learning_rate", None),
+            "count_noise_std": out.pop("count_noise_std", None),
+        }
+        nested = {k: v for k, v in nested.items() if v is not None}
+        if nested:
+            out["adaptive"] = nested
+        return out
 
     def claims(self, event) -> bool:
         return (

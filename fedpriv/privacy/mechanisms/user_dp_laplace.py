@@ -42,8 +42,8 @@ from fedpriv.privacy.mechanisms._registry import register
 from fedpriv.privacy.mechanisms.base import (
     ADD_OR_REMOVE_ONE,
     REPLACE_ONE,
+    DpMechanism,
     DpSettings,
-    Mechanism,
     PrivacyPlan,
     amplify,
     plan_common,
@@ -166,7 +166,7 @@ def laplace_fedavg(clip_norm: float, noise_multiplier: float, expected_cohort: f
 
 
 @dataclasses.dataclass(frozen=True)
-class LaplaceDpFedAvg(Mechanism):
+class LaplaceDpFedAvg(DpMechanism):
     """User-level DP-FedAvg with L1 clipping and Laplace noise.
 
     Privacy:
