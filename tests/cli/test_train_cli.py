@@ -150,18 +150,24 @@ def test_multirun_sweep(tmp_path):
 
 
 def test_sampling_and_models_from_the_shell(tmp_path):
+    # The training guide's command (model, server optimizer, local epochs and batch) on the
+    # debug preset's 20 clients, with Poisson sampling.
     proc = run_cli(
         "fedpriv.train",
         *DEBUG,
         "sampling=poisson",
         "sampling.rate=0.3",
         "model=cnn",
-        "algorithm=fedyogi",
+        "algorithm=fedadam",
+        "client.epochs=5",
+        "client.batch_size=10",
         f"hydra.run.dir={tmp_path / 'r'}",
     )
     assert proc.returncode == 0, proc.stderr
     rows = _metrics(tmp_path / "r")
     assert len({r["clients"] for r in rows}) >= 1 and all(r["clients"] >= 0 for r in rows)
+    cfg = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert cfg["rounds"] == 3
 
 
 @pytest.mark.slow
