@@ -151,10 +151,11 @@ def test_multirun_sweep(tmp_path):
 
 def test_sampling_and_models_from_the_shell(tmp_path):
     # The training guide's command (model, server optimizer, local epochs and batch) on the
-    # debug preset's 20 clients, with Poisson sampling.
+    # debug preset's 20 clients, with Poisson sampling, for one round.
     proc = run_cli(
         "fedpriv.train",
         *DEBUG,
+        "rounds=1",
         "sampling=poisson",
         "sampling.rate=0.3",
         "model=cnn",
@@ -166,8 +167,8 @@ def test_sampling_and_models_from_the_shell(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = _metrics(tmp_path / "r")
     assert len({r["clients"] for r in rows}) >= 1 and all(r["clients"] >= 0 for r in rows)
-    cfg = json.loads((tmp_path / "r" / "summary.json").read_text())
-    assert cfg["rounds"] == 3
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["rounds"] == 1 and summary["final"]["test_accuracy"] >= 0.0
 
 
 @pytest.mark.slow

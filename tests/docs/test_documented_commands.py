@@ -195,7 +195,7 @@ COVERED_ELSEWHERE: dict[str, tuple[str, tuple[str, ...]]] = {
         f"{SWEEPS}::test_optuna_preset_tunes_learning_rates_and_clip_at_a_fixed_epsilon",
         ('"hparams_search=dp_optuna"', '"privacy.target_epsilon=2"', '"hydra.sweeper.n_trials='),
     ),
-    # the training guide's command on the debug preset (3 rounds, 20 clients)
+    # the training guide's command on the debug preset (1 round, 20 clients)
     "fedpriv-train model=cnn algorithm=fedadam client.epochs=5 client.batch_size=10": (
         f"{TRAIN_CLI}::test_sampling_and_models_from_the_shell",
         ('"model=cnn"', '"algorithm=fedadam"', '"client.epochs=5"', '"client.batch_size=10"'),

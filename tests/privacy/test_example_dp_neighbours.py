@@ -54,13 +54,27 @@ def _write(path, n):
     return path
 
 
-def _release(tmp_path, name, n, seed):
+#: Local-training options that compose with DP-SGD and must not change the relation: FedProx
+#: (its term is post-processing) with a straggler's work fraction drawn from the client key.
+LOCAL = {
+    "plain": (),
+    "fedprox-straggler": (
+        "algorithm=fedprox",
+        "algorithm.mu=0.5",
+        "compute=stragglers",
+        "compute.fraction=1.0",
+        "compute.steps_fraction=0.5",
+    ),
+}
+
+
+def _release(tmp_path, name, n, seed, local=()):
     """(parameter change, ledger, summary) of one run on the data set with ``n`` examples."""
     from fedpriv.fl import checkpoint, experiment
 
     data = _write(tmp_path / f"{name}.npz", n)
     run_dir = tmp_path / name
-    overrides = (*OVERRIDES, f"dataset.path={data}", f"seed={seed}")
+    overrides = (*OVERRIDES, *local, f"dataset.path={data}", f"seed={seed}")
     runs.train(run_dir, *overrides)
     initial = experiment.build(runs.compose(*runs.DEBUG, *overrides)).initial_params
     final = checkpoint.load_final_params(run_dir)
@@ -72,19 +86,26 @@ def _release(tmp_path, name, n, seed):
     return change, ledger, summary
 
 
-@pytest.fixture(scope="module")
-def neighbours(tmp_path_factory):
+@pytest.fixture(scope="module", params=list(LOCAL))
+def neighbours(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("example_dp")
-    return _release(tmp, "d", 4, seed=0), _release(tmp, "d_prime", 3, seed=1)
+    local = LOCAL[request.param]
+    d = _release(tmp, "d", 4, seed=0, local=local)
+    return d, _release(tmp, "d_prime", 3, seed=1, local=local), request.param
 
 
 def test_release_has_the_same_distribution_on_neighbouring_data(neighbours):
-    (d, _, _), (d_prime, _, _) = neighbours
+    (d, _, _), (d_prime, _, _), local = neighbours
     assert d.size == d_prime.size > 50_000
-    # Predicted by public values alone: lr z C sqrt(steps) / B, steps = ceil(1 / q) = 2.
-    predicted = 0.01 * 5 * 1.0 * np.sqrt(2) / 2
     # The std of d coordinates has relative standard error 1 / sqrt(2 d), about 0.3%.
     tolerance = 5 / np.sqrt(2 * d.size)
+    if local == "plain":
+        # Predicted by public values alone: lr z C sqrt(steps) / B, steps = ceil(1 / q) = 2.
+        predicted = 0.01 * 5 * 1.0 * np.sqrt(2) / 2
+    else:
+        # The straggler takes 1 of its 2 steps (steps_fraction 0.5), so one step's noise;
+        # FedProx's term is zero at the first step (local = global).
+        predicted = 0.01 * 5 * 1.0 / 2
     assert d.std() == pytest.approx(predicted, rel=tolerance)
     assert d_prime.std() == pytest.approx(predicted, rel=tolerance)
     # A divisor of q * count would make the ratio 4/3.
@@ -93,7 +114,7 @@ def test_release_has_the_same_distribution_on_neighbouring_data(neighbours):
 
 
 def test_ledger_and_privacy_summary_are_the_same_on_neighbouring_data(neighbours):
-    (_, ledger, summary), (_, ledger_prime, summary_prime) = neighbours
+    (_, ledger, summary), (_, ledger_prime, summary_prime), _ = neighbours
     assert ledger == ledger_prime
     assert ledger[0]["steps"] == 2 and ledger[0]["example_sampling_rate"] == 0.5
     for key in ("privacy", "epsilon", "delta"):
