@@ -329,7 +329,7 @@ def simulate(
         seed=seed,
         rounds=rounds,
         eval_every=eval_every,
-        overrides=[*overrides, "progress=false"] if not progress else overrides,
+        overrides=overrides,
     )
     cfg["progress"] = bool(progress)
     if run_dir is None:
