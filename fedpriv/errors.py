@@ -8,9 +8,10 @@ into one line on stderr and exit status 2, with no traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,6 +32,44 @@ class ConfigError(ValueError):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}")
+
+
+class ArgumentError(ValueError):
+    """A library function's argument outside what it accepts, naming the argument.
+
+    Args:
+        argument: the parameter's name, e.g. ``rate``.
+        message: what is wrong and what is allowed, e.g. ``"must be in (0, 1], got 1.5"``.
+
+    Example:
+        >>> str(ArgumentError("rate", "must be in (0, 1], got 1.5"))
+        'rate must be in (0, 1], got 1.5'
+    """
+
+    def __init__(self, argument: str, message: str):
+        self.argument = argument
+        self.message = message
+        super().__init__(f"{argument} {message}")
+
+
+@contextlib.contextmanager
+def config_fields(fields: Mapping[str, str]) -> Iterator[None]:
+    """Inside the block, an :class:`ArgumentError` naming an argument of ``fields`` becomes
+    a :class:`ConfigError` naming the configuration path it was read from.
+
+    Example:
+        >>> with config_fields({"rate": "sampling.rate"}):
+        ...     raise ArgumentError("rate", "must be in (0, 1], got 1.5")
+        Traceback (most recent call last):
+        ...
+        fedpriv.errors.ConfigError: sampling.rate: must be in (0, 1], got 1.5
+    """
+    try:
+        yield
+    except ArgumentError as err:
+        if err.argument not in fields:
+            raise
+        raise ConfigError(fields[err.argument], err.message) from None
 
 
 def check_range(

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedpriv.errors import ConfigError
+from fedpriv.errors import ArgumentError
 
 PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
@@ -254,11 +254,13 @@ def fednova_norm(momentum: float = 0.0) -> Callable[[jax.Array], jax.Array]:
 def make_client_optimizer(
     name: str, lr: float, momentum: float = 0.0
 ) -> optax.GradientTransformation:
-    """The client's local optimizer: ``sgd`` (with optional momentum) or ``adam``."""
+    """The client's local optimizer: ``sgd`` (with optional momentum) or ``adam``.
+
+    Raises:
+        ArgumentError: naming ``name`` (``client.optimizer`` in a run's configuration).
+    """
     if name == "sgd":
         return optax.sgd(lr, momentum=momentum or None)
     if name == "adam":
         return optax.adam(lr)
-    raise ConfigError(
-        "client.optimizer", f"unknown optimizer {name!r}; choose from ['sgd', 'adam']"
-    )
+    raise ArgumentError("name", f"unknown optimizer {name!r}; choose from ['sgd', 'adam']")

@@ -26,13 +26,13 @@ from fedpriv import data as data_lib
 from fedpriv import models
 from fedpriv.data import cache
 from fedpriv.data.stats import population_stats
-from fedpriv.errors import ConfigError
+from fedpriv.errors import ConfigError, config_fields
 from fedpriv.fl import edge as edge_lib
 from fedpriv.fl import hierarchy, lowrank, planner
 from fedpriv.fl.canaries import CanarySpec, participations, write_canaries_file
 from fedpriv.fl.client import make_client_optimizer, num_local_steps
 from fedpriv.fl.round import RoundInputs, ServerState, init_server_state, make_round
-from fedpriv.fl.sampling import build_sampler
+from fedpriv.fl.sampling import SAMPLING_FIELDS, build_sampler
 from fedpriv.fl.server import server_optimizer_from_config
 from fedpriv.privacy import release
 from fedpriv.privacy.plan import PrivacyPlan, build_plan
@@ -229,20 +229,22 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
     n_cap = int(sizes.max() if max_examples is None else min(sizes.max(), max_examples))
     samp = cfg["sampling"]
     num_canaries, num_unseen = canary_counts(cfg)
-    sampler = build_sampler(
-        samp["kind"],
-        data.train.num_clients + num_canaries,
-        samp.get("cohort_size"),
-        samp.get("rate"),
-    )
+    with config_fields(SAMPLING_FIELDS):
+        sampler = build_sampler(
+            samp["kind"],
+            data.train.num_clients + num_canaries,
+            samp.get("cohort_size"),
+            samp.get("rate"),
+        )
     hier = hierarchy.from_config(cfg.get("hierarchy"), data.train.num_clients)
     if hier is not None:  # with dp_unit=gateway the sampler draws gateways
         sampler = hier.wrap_sampler(sampler, samp)
-    client_opt = make_client_optimizer(
-        cfg["client"]["optimizer"],
-        float(cfg["client"]["lr"]),
-        float(cfg["client"].get("momentum") or 0.0),
-    )
+    with config_fields({"name": "client.optimizer"}):
+        client_opt = make_client_optimizer(
+            cfg["client"]["optimizer"],
+            float(cfg["client"]["lr"]),
+            float(cfg["client"].get("momentum") or 0.0),
+        )
     privacy = build_plan(
         cfg.get("privacy") or {"name": "none"},
         sampler,

@@ -89,7 +89,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedpriv.errors import ConfigError
+from fedpriv.errors import ConfigError, config_fields
 from fedpriv.fl import edge as edge_lib
 from fedpriv.fl import experiment as experiment_lib
 from fedpriv.fl.aggregators import Aggregator
@@ -745,11 +745,12 @@ def build(cfg: Mapping[str, Any]) -> FedBuffExperiment:
         steps,
         num_params=sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)),
     )
-    client_opt = make_client_optimizer(
-        cfg["client"]["optimizer"],
-        float(cfg["client"]["lr"]),
-        float(cfg["client"].get("momentum") or 0.0),
-    )
+    with config_fields({"name": "client.optimizer"}):
+        client_opt = make_client_optimizer(
+            cfg["client"]["optimizer"],
+            float(cfg["client"]["lr"]),
+            float(cfg["client"].get("momentum") or 0.0),
+        )
     client_update = privacy.client_update(
         base.model.apply,
         client_opt,

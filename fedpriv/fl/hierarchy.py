@@ -61,10 +61,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedpriv.errors import ConfigError
+from fedpriv.errors import ConfigError, config_fields
 from fedpriv.fl.aggregators import Aggregator, weighted_mean
 from fedpriv.fl.round import RoundInputs, client_contribution
-from fedpriv.fl.sampling import build_sampler
+from fedpriv.fl.sampling import SAMPLING_FIELDS, build_sampler
 
 PyTree = Any
 
@@ -372,7 +372,8 @@ class Hierarchy:
                 f"with hierarchy.dp_unit=gateway the cohort counts gateways: must be in "
                 f"[1, {self.num_gateways}] (hierarchy.gateways), got {size}",
             )
-        inner = build_sampler(kind, self.num_gateways, size, sampling_cfg.get("rate"))
+        with config_fields(SAMPLING_FIELDS):
+            inner = build_sampler(kind, self.num_gateways, size, sampling_cfg.get("rate"))
         return GatewaySampler(inner, self.gateway_of)
 
     def plan(self, plan: Any) -> Any:

@@ -13,7 +13,7 @@ import math
 import jax
 import numpy as np
 
-from fedpriv.errors import ConfigError
+from fedpriv.errors import ArgumentError
 
 
 def host_rng(key: jax.Array) -> np.random.Generator:
@@ -36,8 +36,8 @@ class FixedCohort:
 
     def __post_init__(self):
         if not 1 <= self.cohort_size <= self.population:
-            raise ConfigError(
-                "sampling.cohort_size",
+            raise ArgumentError(
+                "cohort_size",
                 f"must be between 1 and the population size {self.population}, "
                 f"got {self.cohort_size}",
             )
@@ -79,7 +79,7 @@ class PoissonCohort:
 
     def __post_init__(self):
         if not 0.0 < self.rate <= 1.0:
-            raise ConfigError("sampling.rate", f"must be in (0, 1], got {self.rate}")
+            raise ArgumentError("rate", f"must be in (0, 1], got {self.rate}")
 
     kind = "poisson"
 
@@ -102,14 +102,27 @@ class PoissonCohort:
         return ids, mask
 
 
+#: Where the arguments of :func:`build_sampler` come from in a run's configuration.
+SAMPLING_FIELDS = {
+    "kind": "sampling.kind",
+    "cohort_size": "sampling.cohort_size",
+    "rate": "sampling.rate",
+}
+
+
 def build_sampler(kind: str, population: int, cohort_size: int | None, rate: float | None):
-    """Builds the sampler named ``kind`` (``fixed`` or ``poisson``)."""
+    """Builds the sampler named ``kind`` (``fixed`` or ``poisson``).
+
+    Raises:
+        ArgumentError: naming ``kind``, ``cohort_size`` or ``rate`` (a run's builder maps
+            them onto :data:`SAMPLING_FIELDS`).
+    """
     if kind == "fixed":
         if cohort_size is None:
-            raise ConfigError("sampling.cohort_size", "is required for fixed-size cohorts")
+            raise ArgumentError("cohort_size", "is required for fixed-size cohorts")
         return FixedCohort(population, int(cohort_size))
     if kind == "poisson":
         if rate is None:
-            raise ConfigError("sampling.rate", "is required for Poisson sampling")
+            raise ArgumentError("rate", "is required for Poisson sampling")
         return PoissonCohort(population, float(rate))
-    raise ConfigError("sampling.kind", f"unknown sampling {kind!r}; choose 'fixed' or 'poisson'")
+    raise ArgumentError("kind", f"unknown sampling {kind!r}; choose 'fixed' or 'poisson'")

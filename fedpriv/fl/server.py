@@ -12,7 +12,7 @@ from typing import Any
 
 import optax
 
-from fedpriv.errors import ConfigError
+from fedpriv.errors import ArgumentError, config_fields
 
 ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", "fednova")
 
@@ -34,6 +34,9 @@ def server_optimizer(
         momentum: FedAvgM's server momentum.
         beta1, beta2: FedAdam/FedYogi moment decays.
         tau: adaptivity (the optimizer's epsilon), Reddi et al. 2021, Algorithm 2.
+
+    Raises:
+        ArgumentError: naming ``name`` (``algorithm.name`` in a run's configuration).
     """
     if name in ("fedavg", "fedprox", "fednova"):
         # FedProx and FedNova change local training and the aggregate
@@ -45,9 +48,7 @@ def server_optimizer(
         return optax.adam(lr, b1=beta1, b2=beta2, eps=tau)
     if name == "fedyogi":
         return optax.yogi(lr, b1=beta1, b2=beta2, eps=tau)
-    raise ConfigError(
-        "algorithm.name", f"unknown algorithm {name!r}; choose from {list(ALGORITHMS)}"
-    )
+    raise ArgumentError("name", f"unknown algorithm {name!r}; choose from {list(ALGORITHMS)}")
 
 
 def server_optimizer_from_config(alg: Mapping[str, Any]) -> optax.GradientTransformation:
@@ -58,11 +59,12 @@ def server_optimizer_from_config(alg: Mapping[str, Any]) -> optax.GradientTransf
         v = alg.get(key)
         return float(default if v is None else v)
 
-    return server_optimizer(
-        alg["name"],
-        float(alg["server_lr"]),
-        value("server_momentum", 0.9),
-        value("beta1", 0.9),
-        value("beta2", 0.99),
-        value("tau", 1e-3),
-    )
+    with config_fields({"name": "algorithm.name"}):
+        return server_optimizer(
+            alg["name"],
+            float(alg["server_lr"]),
+            value("server_momentum", 0.9),
+            value("beta1", 0.9),
+            value("beta2", 0.99),
+            value("tau", 1e-3),
+        )
