@@ -25,14 +25,11 @@ host driver (:func:`fedpriv.fl.loop.drive`) into a run directory that ``fedpriv-
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
 from omegaconf import OmegaConf
 
 from fedpriv import accounting
@@ -40,9 +37,10 @@ from fedpriv import data as data_lib
 from fedpriv.cli import compose
 from fedpriv.config import validate
 from fedpriv.fl import loop
-from fedpriv.fl.experiment import KEY_DATA, purpose_key
+from fedpriv.fl.experiment import data_rng
 from fedpriv.groups import ConfigGroup, merge
 from fedpriv.privacy.mechanisms.base import Mechanism, PrivacyPlan
+from fedpriv.validation import read_jsonl
 
 __all__ = [
     "FixedCohort",
@@ -179,12 +177,6 @@ class FixedCohort(ConfigGroup):
     preset = "fixed"
 
     cohort_size: int | None = None
-
-
-def data_rng(seed: int) -> np.random.Generator:
-    """The generator that partitions and shuffles the data of a run with ``seed``."""
-    key = purpose_key(seed, KEY_DATA)
-    return np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint64))
 
 
 def configure(
@@ -343,14 +335,8 @@ def simulate(
         run_dir=run_dir,
         config=cfg,
         summary=summary,
-        history=_lines(run_dir / "metrics.jsonl"),
-        ledger=_lines(run_dir / "ledger.jsonl"),
+        history=read_jsonl(run_dir / "metrics.jsonl"),
+        ledger=read_jsonl(run_dir / "ledger.jsonl"),
         params=exp.params(exp.state),
         plan=exp.privacy,
     )
-
-
-def _lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

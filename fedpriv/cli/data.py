@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
 from omegaconf import OmegaConf
 
 from fedpriv import data as data_lib
@@ -31,7 +29,7 @@ from fedpriv import expose_cpu_devices
 from fedpriv.data.download import download
 from fedpriv.data.stats import population_stats
 from fedpriv.errors import ConfigError, exit_on_config_error
-from fedpriv.fl.experiment import KEY_DATA, purpose_key
+from fedpriv.fl.experiment import data_rng
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf" / "dataset"
 
@@ -76,12 +74,6 @@ def dataset_config(name: str, overrides: Sequence[str]) -> dict[str, Any]:
     return cfg
 
 
-def _data_rng(seed: int) -> np.random.Generator:
-    """The data generator ``fedpriv-train seed=SEED`` uses."""
-    key = np.asarray(jax.random.key_data(purpose_key(seed, KEY_DATA))).astype(np.uint64)
-    return np.random.default_rng(key)
-
-
 def _format(d: dict[str, Any]) -> str:
     e = d["examples_per_client"]
     return "\n".join(
@@ -117,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.seed < 0:
         raise ConfigError("--seed", f"must be >= 0, got {args.seed}")
     cfg = dataset_config(args.name, args.overrides)
-    summary = population_stats(data_lib.load(cfg, _data_rng(args.seed)))
+    summary = population_stats(data_lib.load(cfg, data_rng(args.seed)))
     print(json.dumps(summary) if args.json else _format(summary))
 
 

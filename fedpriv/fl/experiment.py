@@ -48,6 +48,12 @@ def purpose_key(seed: int, purpose: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), purpose)
 
 
+def data_rng(seed: int) -> np.random.Generator:
+    """The generator that partitions and shuffles the data of a run with ``seed``."""
+    key = np.asarray(jax.random.key_data(purpose_key(seed, KEY_DATA))).astype(np.uint64)
+    return np.random.default_rng(key)
+
+
 @dataclasses.dataclass
 class Experiment:
     """Everything built from a configuration, ready to run rounds.
@@ -210,15 +216,13 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
     """
     cfg = dict(cfg)
     seed = int(cfg["seed"])
-    data_rng = np.random.default_rng(
-        np.asarray(jax.random.key_data(purpose_key(seed, KEY_DATA))).astype(np.uint64)
-    )
+    rng = data_rng(seed)
     cache_dir = (cfg["dataset"] or {}).get("cache_dir")
     if cache_dir:
         key = cache.cache_key(cfg["dataset"], seed)
-        data = cache.load_cached(cache_dir, key, lambda: data_lib.load(cfg["dataset"], data_rng))
+        data = cache.load_cached(cache_dir, key, lambda: data_lib.load(cfg["dataset"], rng))
     else:
-        data = data_lib.load(cfg["dataset"], data_rng)
+        data = data_lib.load(cfg["dataset"], rng)
     data = inject_faults(data, cfg.get("faults"))
     model_cfg = {k: v for k, v in dict(cfg["model"]).items() if k != "name"}
     model = models.build(cfg["model"]["name"], data.num_classes, **model_cfg)
