@@ -38,6 +38,7 @@ from fedpriv.config import validate
 from fedpriv.errors import ConfigError, exit_on_config_error
 from fedpriv.fl import experiment, fedbuff
 from fedpriv.fl.sampling import host_rng
+from fedpriv.settings import RunConfig
 
 TARGETS = (0.8, 0.85, 0.9)
 
@@ -74,7 +75,7 @@ def config(args: argparse.Namespace, asynchronous: bool, steps: int | None = Non
 
 
 def run_fedbuff(cfg: dict) -> tuple[list[dict], dict]:
-    exp = fedbuff.build(cfg)
+    exp = fedbuff.build(RunConfig.from_mapping(cfg))
     state, curve = exp.state, []
     eval_every = int(cfg["eval_every"])
     for t in range(exp.schedule.steps):
@@ -95,7 +96,7 @@ def run_fedbuff(cfg: dict) -> tuple[list[dict], dict]:
 
 def run_sync(cfg: dict, delay: fedbuff.DelayModel) -> list[dict]:
     """Synchronous rounds of the same size; a round lasts as long as its slowest client."""
-    exp = experiment.build(cfg)
+    exp = experiment.build(RunConfig.from_mapping(cfg))
     speed_rng, _ = fedbuff.schedule_rng(cfg["seed"])
     speed = delay.speeds(exp.data.train.num_clients, speed_rng)  # the FedBuff run's stragglers
     job_rng = host_rng(exp.sampling_key(0))
@@ -175,7 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
     except OSError as err:
         raise ConfigError("--out", f"cannot create {out}: {err.strerror}") from None
     cfg_sync = config(args, asynchronous=False)
-    fb_cfg = fedbuff.FedBuffConfig.from_config(config(args, asynchronous=True)["async"])
+    fb_cfg = fedbuff.FedBuffConfig.from_settings(
+        RunConfig.from_mapping(config(args, asynchronous=True)).asynchronous
+    )
 
     t0 = time.perf_counter()
     sync_curve = run_sync(cfg_sync, fb_cfg.delay)

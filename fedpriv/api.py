@@ -40,6 +40,7 @@ from fedpriv.fl import loop
 from fedpriv.fl.experiment import data_rng
 from fedpriv.groups import ConfigGroup, merge
 from fedpriv.privacy.mechanisms.base import Mechanism, PrivacyPlan
+from fedpriv.settings import FixedCohort, LocalTraining, Model, Poisson, RunConfig
 from fedpriv.validation import read_jsonl
 
 __all__ = [
@@ -116,67 +117,6 @@ class Population(ConfigGroup):
         """
         cfg = configure(self, seed=seed)
         return data_lib.load(cfg["dataset"], data_rng(seed))
-
-
-@dataclasses.dataclass(frozen=True)
-class Model(ConfigGroup):
-    """A ``model`` preset (``logreg``, ``mlp``, ``cnn``, ``cnn_cifar``, ``resnet18_gn``,
-    ``char_lstm``) with ``options`` replacing its fields (e.g. ``{"hidden": [64]}``)."""
-
-    group = "model"
-
-    name: str = "mlp"
-    options: Mapping[str, Any] | None = None
-
-    def selections(self) -> list[str]:
-        return [f"model={self.name}"]
-
-    def values(self) -> dict[str, Any]:
-        return dict(self.options or {})
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LocalTraining(ConfigGroup):
-    """Each client's local training: ``epochs`` epochs of mini-batches of ``batch_size``.
-
-    Args:
-        optimizer: ``sgd`` or ``adam``.
-        lr: the client learning rate.
-        momentum: the client SGD's momentum.
-        epochs: local epochs per round.
-        batch_size: examples per local step (under example-level DP: the expected batch).
-        max_examples: the most examples a client trains on (None in the preset: all).
-    """
-
-    group = "client"
-    preset = "sgd"
-
-    optimizer: str | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    max_examples: int | None = None
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Poisson(ConfigGroup):
-    """Poisson sampling: each client joins a round independently with probability ``rate``."""
-
-    group = "sampling"
-    preset = "poisson"
-
-    rate: float | None = None
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class FixedCohort(ConfigGroup):
-    """Cohorts of ``cohort_size`` clients drawn uniformly without replacement."""
-
-    group = "sampling"
-    preset = "fixed"
-
-    cohort_size: int | None = None
 
 
 def configure(
@@ -327,7 +267,7 @@ def simulate(
     if run_dir is None:
         run_dir = tempfile.mkdtemp(prefix="fedpriv-run-")
     run_dir = Path(run_dir)
-    exp, summary = loop.run_experiment(cfg, run_dir, progress=progress)
+    exp, summary = loop.run_experiment(RunConfig.from_mapping(cfg), run_dir, progress=progress)
     hydra_dir = run_dir / ".hydra"
     hydra_dir.mkdir(exist_ok=True)
     OmegaConf.save(OmegaConf.create(cfg), hydra_dir / "config.yaml")

@@ -14,14 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from fedpriv import algorithms
 from fedpriv.data import available as available_datasets
 from fedpriv.errors import ConfigError, check_range
 from fedpriv.privacy import mechanisms
 from fedpriv.privacy.release import NOISE_SOURCES, RELEASE_MODES
+from fedpriv.settings import RunConfig
 
 FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare", "emnist_tff")
 MODELS = ("logreg", "mlp", "cnn", "cnn_cifar", "resnet18_gn", "char_lstm")
-ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", "fednova")
+ALGORITHMS = tuple(algorithms.by_name())
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 SAMPLINGS = ("fixed", "poisson")
 CLIENT_OPTIMIZERS = ("sgd", "adam")
@@ -263,11 +265,12 @@ def _private_npz(cfg: Mapping[str, Any]) -> None:
         )
 
 
-def validate(cfg: Mapping[str, Any]) -> None:
-    """Checks a composed ``fedpriv-train`` configuration.
+def validate(cfg: Mapping[str, Any]) -> RunConfig:
+    """Checks a composed ``fedpriv-train`` configuration and returns its typed form, what
+    the library below ``fedpriv.cli`` receives (:class:`fedpriv.settings.RunConfig`).
 
     Raises:
-        ConfigError: on the first bad field.
+        ConfigError: on the first bad field (also a key a group does not have).
     """
     number(cfg, "seed", low=0, integer=True)
     number(cfg, "rounds", low=1, integer=True)
@@ -349,6 +352,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(
                 "execution.compilation_cache", f"{where} exists and is not a directory"
             )
+    return RunConfig.from_mapping(cfg)
 
 
 HIERARCHY = ("none", "gateways")

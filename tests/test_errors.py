@@ -9,6 +9,7 @@ from fedpriv.fl import experiment
 from fedpriv.fl.client import make_client_optimizer
 from fedpriv.fl.sampling import build_sampler
 from fedpriv.fl.server import server_optimizer
+from fedpriv.settings import RunConfig
 from tests.audit import runs
 
 
@@ -39,6 +40,6 @@ def test_the_builder_maps_an_argument_onto_its_configuration_path():
     # A cohort larger than the loaded population is only known once the data is loaded.
     cfg = runs.compose(*runs.DEBUG, "sampling.cohort_size=25")
     with pytest.raises(ConfigError) as err:
-        experiment.build(cfg)
+        experiment.build(RunConfig.from_mapping(cfg))
     assert err.value.field == "sampling.cohort_size"
     assert "population size 20" in err.value.message

@@ -353,3 +353,55 @@ if __name__ == "__main__":
     root = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else REPO / PACKAGE
     for name, count in import_report(root).items():
         print(f"{name}: {count}")
+
+
+# The layers that build and run a round receive typed settings (fedpriv.settings), never a
+# configuration dict: no `cfg[...]`, `cfg.get(...)` or `*_cfg` / `config` parameters there.
+TYPED_LAYERS = ("fedpriv/fl", "fedpriv/privacy/secagg", "fedpriv/privacy/plan.py")
+
+
+def _config_reads(tree: ast.Module) -> list[tuple[int, str]]:
+    def configish(node: ast.expr) -> str | None:
+        name = (
+            node.id
+            if isinstance(node, ast.Name)
+            else node.attr
+            if isinstance(node, ast.Attribute)
+            else ""
+        )
+        return name if re.search(r"(^|_)cfg$|^config$", name) else None
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and configish(node.value):
+            found.append((node.lineno, f"{configish(node.value)}[...]"))
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and configish(node.func.value)
+        ):
+            found.append((node.lineno, f"{configish(node.func.value)}.get(...)"))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for a in node.args.args + node.args.kwonlyargs:
+                if re.search(r"(^|_)cfg$", a.arg):
+                    found.append((node.lineno, f"{node.name}({a.arg})"))
+    return found
+
+
+def test_round_building_layers_take_typed_settings():
+    bad = []
+    for layer in TYPED_LAYERS:
+        path = REPO / layer
+        for file in [path] if path.is_file() else sorted(path.rglob("*.py")):
+            for line, what in _config_reads(ast.parse(file.read_text())):
+                bad.append(f"{file.relative_to(REPO)}:{line}: {what}")
+    assert not bad, "configuration dicts below the edge:\n" + "\n".join(bad)
+
+
+def test_config_read_detector_sees_reads(tmp_path):
+    tree = ast.parse(
+        "def f(client_cfg):\n    return cfg['a'] + self.cfg.get('b') + client_cfg['c']\n"
+    )
+    kinds = sorted(what for _, what in _config_reads(tree))
+    assert kinds == ["cfg.get(...)", "cfg[...]", "client_cfg[...]", "f(client_cfg)"]

@@ -11,6 +11,7 @@ from fedpriv.data import load
 from fedpriv.errors import ConfigError
 from fedpriv.fl.sampling import build_sampler
 from fedpriv.privacy.plan import build_plan
+from fedpriv.settings import LocalTraining
 from tests.audit import runs
 
 
@@ -25,7 +26,7 @@ def test_a_partial_dataset_block_is_the_preset_with_those_keys():
 
 def test_a_partial_privacy_block_takes_the_presets_clip():
     sampler = build_sampler("poisson", 100, None, 0.1)
-    client = runs.compose()["client"]
+    client = LocalTraining.from_block(runs.compose()["client"])
     block = {"name": "user_dp_adaptive", "noise_multiplier": 1.0, "target_epsilon": None}
     plan = build_plan(block, sampler, client, rounds=5)
     preset = conf.preset("privacy", "user_dp_adaptive")

@@ -91,6 +91,7 @@ from fedpriv.errors import ConfigError
 from fedpriv.fl import experiment
 from fedpriv.fl.checkpoint import flatten, leaf_name, load_final_params, restore_step
 from fedpriv.privacy import mechanisms
+from fedpriv.settings import RunConfig
 
 #: The check's false-failure rate on an honest run (Bonferroni over its tests).
 FALSE_FAILURE_RATE = 1e-3
@@ -558,7 +559,7 @@ def _verdict(replay: RoundReplay, false_failure_rate: float) -> Check:
 def _population(cfg: Mapping[str, Any]):
     """Data, model, sampler and ``n_cap`` of the run, with no mechanism built."""
     plain = {**cfg, "privacy": {"name": "none"}, "canaries": {"count": 0}}
-    return experiment.build(plain)
+    return experiment.build(RunConfig.from_mapping(plain))
 
 
 def _expected_cohort(cfg: Mapping[str, Any], exp: Any) -> float:
@@ -573,7 +574,7 @@ def _server_sgd(alg: Mapping[str, Any]):
     """``(lr, optax transform)`` of the server step of FedAvg / FedAvgM.
 
     The mapping from the ``algorithm`` group follows
-    :func:`fedpriv.fl.server.server_optimizer_from_config`: ``server_momentum`` missing or
+    :meth:`fedpriv.algorithms.FedAvgM.server_optimizer`: ``server_momentum`` missing or
     null means 0.9 there.
     """
     lr = float(alg["server_lr"])

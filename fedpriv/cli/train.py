@@ -26,6 +26,7 @@ from fedpriv.cli._hydra import RUN_FILES, check_command_line
 from fedpriv.config import validate
 from fedpriv.errors import ConfigError, fail
 from fedpriv.fl import loop
+from fedpriv.settings import RunConfig
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -38,15 +39,16 @@ def _train(cfg: DictConfig) -> float | None:
     run_dir = hydra_cfg.runtime.output_dir
     plain = OmegaConf.to_container(cfg, resolve=True)
     try:
-        validate(plain)
-        use_compilation_cache((plain.get("execution") or {}).get("compilation_cache"))
+        run = validate(plain)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             finished = sweep_job(plain, run_dir)
             if finished is not None:
                 print(f"fedpriv: {run_dir} already finished; skipped", flush=True)
                 print(final_line(finished, run_dir), flush=True)
                 return finished["final"].get("test_accuracy")
-        summary = loop.run(plain, run_dir, progress=bool(plain.get("progress", True)))
+            run = RunConfig.from_mapping(plain)  # resume may have been set
+        use_compilation_cache(run.execution.compilation_cache)
+        summary = loop.run(run, run_dir, progress=run.progress)
     except ConfigError as err:
         fail(str(err))
     except loop.Interrupted as err:

@@ -15,7 +15,6 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from fedpriv.errors import ConfigError
-from fedpriv.groups import merge
 
 CONF_DIR = Path(__file__).resolve().parent
 
@@ -47,13 +46,25 @@ def preset(group: str, name: str) -> dict[str, Any]:
     return _copy(found)
 
 
-def with_preset(group: str, block: Mapping[str, Any]) -> dict[str, Any]:
-    """``block`` over the values of the preset its ``name`` names (``block`` as it is when
-    there is no such preset): the keys a caller leaves out take the preset's defaults."""
-    base = _preset(group, str(block.get("name")))
+def with_preset(group: str, block: Mapping[str, Any], key: str = "name") -> dict[str, Any]:
+    """``block`` over the values of the preset its ``key`` (``name``, or ``kind``/``mode``
+    in the groups that name a preset so) names (``block`` as it is when there is no such
+    preset): the keys a caller leaves out take the preset's defaults."""
+    base = _preset(group, str(block.get(key)))
     if base is None:
         return dict(block)
     return merge(base, block)
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in, nested mappings key by key (a new dict)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _copy(node: Any) -> Any:

@@ -99,11 +99,12 @@ def partition_population(
     if kind == "iid":
         client_of = partition_lib.iid(len(y), num_clients, rng)
     elif kind == "dirichlet":
-        alpha = _number(part.get("alpha", 0.5), "dataset.partition.alpha")
-        min_size = int(part.get("min_size", 1))
+        alpha = _number(required(part, "alpha", "dataset.partition"), "dataset.partition.alpha")
+        min_size = int(required(part, "min_size", "dataset.partition"))
         client_of = partition_lib.dirichlet(y, num_clients, alpha, rng, min_size=min_size)
     elif kind == "shards":
-        client_of = partition_lib.shards(y, num_clients, int(part.get("shards_per_client", 2)), rng)
+        per_client = int(required(part, "shards_per_client", "dataset.partition"))
+        client_of = partition_lib.shards(y, num_clients, per_client, rng)
     elif kind == "natural":
         if user_ids is None:
             raise ConfigError(

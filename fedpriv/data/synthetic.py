@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fedpriv.data.datasets import FederatedData, register
+from fedpriv.data.datasets import FederatedData, register, required
 from fedpriv.data.store import PopulationStore
 from fedpriv.errors import ConfigError
 
@@ -132,14 +132,14 @@ def load_synthetic(cfg: Mapping[str, Any], rng: np.random.Generator) -> Federate
     ``test_fraction`` (that share of every device's examples forms the test set, as the
     authors' 90/10 split per device).
     """
-    num = int(cfg.get("num_clients", 30))
-    alpha = float(cfg.get("alpha", 1.0))
-    beta = float(cfg.get("beta", 1.0))
+    num = int(required(cfg, "num_clients"))
+    alpha = float(required(cfg, "alpha"))
+    beta = float(required(cfg, "beta"))
     max_size = cfg.get("max_size")
-    frac = float(cfg.get("test_fraction", 0.1))
+    frac = float(required(cfg, "test_fraction"))
     if not 0.0 < frac < 1.0:
         raise ConfigError("dataset.test_fraction", f"must be in (0, 1), got {frac}")
-    iid = bool(cfg.get("iid", False))
+    iid = bool(required(cfg, "iid"))
     params = _device_parameters(num, alpha, beta, rng, max_size, iid)
     sizes = params["sizes"]
     n_test = np.floor(sizes * frac).astype(np.int64)

@@ -71,6 +71,7 @@ import numpy as np
 
 from fedpriv.errors import ConfigError
 from fedpriv.fl.client import fednova_norm
+from fedpriv.settings import RunConfig
 
 PyTree = Any
 
@@ -374,60 +375,39 @@ class EdgeSpec(NamedTuple):
 # --------------------------------------------------------------------------- configuration
 
 
-def _block(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
-    return dict(cfg.get(name) or {})
-
-
-def availability_kind(cfg: Mapping[str, Any]) -> str:
-    return str(_block(cfg, "availability").get("kind") or "none")
-
-
-def compute_kind(cfg: Mapping[str, Any]) -> str:
-    return str(_block(cfg, "compute").get("kind") or "none")
-
-
-def drops_stragglers(cfg: Mapping[str, Any]) -> bool:
-    block = _block(cfg, "compute")
-    return compute_kind(cfg) == "stragglers" and bool(block.get("drop", False))
-
-
-def local_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def local_options(run: RunConfig) -> dict[str, Any]:
     """Keyword options of :func:`fedpriv.fl.client.make_client_update` for this run:
-    ``proximal_mu`` (FedProx), ``work_fraction`` (heterogeneous compute, unless stragglers
-    are dropped) and ``normalize`` (FedNova). Empty for a plain FedAvg run."""
-    alg = _block(cfg, "algorithm")
-    comp = _block(cfg, "compute")
-    out: dict[str, Any] = {}
-    if alg.get("name") == "fedprox" and float(alg.get("mu") or 0.0):
-        out["proximal_mu"] = float(alg["mu"])
-    kind = compute_kind(cfg)
-    if kind == "uniform":
-        out["work_fraction"] = uniform_work(float(comp.get("low_fraction", 1.0)))
-    elif kind == "stragglers" and not drops_stragglers(cfg):
-        steps_fraction = comp.get("steps_fraction")
+    the algorithm's (``proximal_mu`` for FedProx), ``work_fraction`` (heterogeneous compute,
+    unless stragglers are dropped) and ``normalize`` (FedNova). Empty for a plain FedAvg
+    run."""
+    algorithm, compute, client = run.algorithm, run.compute, run.client
+    out: dict[str, Any] = dict(algorithm.local_options())
+    if compute.kind == "uniform":
+        out["work_fraction"] = uniform_work(float(compute.low_fraction))
+    elif compute.kind == "stragglers" and not compute.drops_stragglers:
+        steps_fraction = compute.steps_fraction
         out["work_fraction"] = straggler_work(
-            float(comp.get("fraction", 0.0)),
+            float(compute.fraction or 0.0),
             None if steps_fraction is None else float(steps_fraction),
         )
-    if alg.get("name") == "fednova":
-        momentum = float(_block(cfg, "client").get("momentum") or 0.0)
-        out["normalize"] = fednova_norm(momentum)
+    if algorithm.normalizes:
+        out["normalize"] = fednova_norm(float(client.momentum or 0.0))
     return out
 
 
 def build_edge(
-    cfg: Mapping[str, Any],
+    run: RunConfig,
     *,
     population: int,
     seed_key: jax.Array,
     user_dp: bool,
     local_steps: int | None,
 ) -> EdgeSpec | None:
-    """The round's :class:`EdgeSpec` from the ``availability``, ``compute`` and
-    ``algorithm`` config groups (None when the round is the plain synchronous one).
+    """The round's :class:`EdgeSpec` from the run's ``availability``, ``compute``,
+    ``algorithm`` and ``client`` groups (None when the round is the plain synchronous one).
 
     Args:
-        cfg: the run configuration (validated by :func:`fedpriv.config.validate`).
+        run: the run.
         population: number of clients N (trace ids must lie in ``[0, N)``).
         seed_key: a key derived from the run's seed (for the diurnal phases).
         user_dp: whether the run has user- or example-level DP (FedNova's ``tau_eff`` must
@@ -447,30 +427,26 @@ def build_edge(
         the configuration: never the scan length of the largest client, which removing
         that client changes.
     """
-    av = _block(cfg, "availability")
-    alg = _block(cfg, "algorithm")
-    comp = _block(cfg, "compute")
-    kind = availability_kind(cfg)
+    av, compute, algorithm, client = run.availability, run.compute, run.algorithm, run.client
     available = None
-    duration = float(av.get("round_duration") or 1.0)
-    if kind == "bernoulli":
-        dropout = float(av.get("dropout", 0.0))
-        available = bernoulli(dropout)
-    elif kind == "diurnal":
+    duration = float(av.round_duration or 1.0)
+    if av.kind == "bernoulli":
+        available = bernoulli(float(av.dropout or 0.0))
+    elif av.kind == "diurnal":
         available = diurnal(
-            float(av["low"]),
-            float(av["high"]),
-            float(av["period"]),
+            float(av.low),
+            float(av.high),
+            float(av.period),
             jax.random.fold_in(seed_key, PHASE_PURPOSE),
         )
-    elif kind == "trace":
-        available = trace(read_trace(av.get("path")), population)
-    drop = float(comp.get("fraction", 0.0)) if drops_stragglers(cfg) else 0.0
+    elif av.kind == "trace":
+        available = trace(read_trace(av.path), population)
+    drop = float(compute.fraction or 0.0) if compute.drops_stragglers else 0.0
     normalize = None
     tau_eff = None
-    if alg.get("name") == "fednova":
-        normalize = fednova_norm(float(_block(cfg, "client").get("momentum") or 0.0))
-        tau_eff = alg.get("tau_eff")
+    if algorithm.normalizes:
+        normalize = fednova_norm(float(client.momentum or 0.0))
+        tau_eff = getattr(algorithm, "tau_eff", None)
         if tau_eff is None and user_dp:
             if local_steps is None:
                 raise ConfigError(
@@ -490,5 +466,5 @@ def build_edge(
         drop_stragglers=drop,
         normalize=normalize,
         tau_eff=tau_eff,
-        weighting=str(alg.get("weighting") or "count"),
+        weighting=str(algorithm.weighting or "count"),
     )

@@ -32,11 +32,10 @@ from fedpriv.fl import hierarchy, lowrank, planner
 from fedpriv.fl.canaries import CanarySpec, participations, write_canaries_file
 from fedpriv.fl.client import make_client_optimizer, num_local_steps
 from fedpriv.fl.round import RoundInputs, ServerState, init_server_state, make_round
-from fedpriv.fl.sampling import SAMPLING_FIELDS, build_sampler
-from fedpriv.fl.server import server_optimizer_from_config
 from fedpriv.privacy import release
 from fedpriv.privacy.plan import PrivacyPlan, build_plan
 from fedpriv.privacy.secagg.host_round import make_protocol_round
+from fedpriv.settings import Faults, LocalTraining, RunConfig
 
 # Purposes of the keys split from the root seed (DESIGN.md, rule 5).
 KEY_DATA, KEY_INIT, KEY_SAMPLING, KEY_ROUND = 0, 1, 2, 3
@@ -59,7 +58,7 @@ class Experiment:
     """Everything built from a configuration, ready to run rounds.
 
     Attributes:
-        cfg: the plain-dict configuration.
+        cfg: the run's configuration.
         data: population and test set.
         model: the flax module.
         sampler: the client sampler.
@@ -79,7 +78,7 @@ class Experiment:
     label = "fedpriv"
     unit = "round"
 
-    cfg: dict[str, Any]
+    cfg: RunConfig
     data: data_lib.FederatedData
     model: Any
     sampler: Any
@@ -99,7 +98,7 @@ class Experiment:
             self.apply_fn = jax.jit(self.model.apply)
 
     def sampling_key(self, rnd: int) -> jax.Array:
-        return jax.random.fold_in(purpose_key(self.cfg["seed"], KEY_SAMPLING), rnd)
+        return jax.random.fold_in(purpose_key(self.cfg.seed, KEY_SAMPLING), rnd)
 
     def round_key(self, rnd: int) -> jax.Array:
         """The key of round ``rnd``: from the seed, or with a secure noise source a stack of
@@ -108,7 +107,7 @@ class Experiment:
         example sampling inside the clients, and secure aggregation each client's noise
         (distributed DP) and quantisation rounding from the client key, so there the client
         key is secure as well."""
-        key = jax.random.fold_in(purpose_key(self.cfg["seed"], KEY_ROUND), rnd)
+        key = jax.random.fold_in(purpose_key(self.cfg.seed, KEY_ROUND), rnd)
         if self.noise_root is None:
             return key
         noise = jax.random.fold_in(self.noise_root, rnd)
@@ -146,7 +145,7 @@ class Experiment:
         ``global_train_accuracy``: the federated objective ``sum_k p_k F_k(w)`` that Li et
         al. 2020 plot as "training loss")."""
         out = evaluate(self.apply_fn, params, self.data.test_x, self.data.test_y)
-        if self.cfg.get("eval_train"):
+        if self.cfg.eval_train:
             train = evaluate(self.apply_fn, params, self.data.train.x, self.data.train.y)
             out.update(
                 global_train_loss=train["test_loss"], global_train_accuracy=train["test_accuracy"]
@@ -208,91 +207,78 @@ class Experiment:
             )
 
 
-def build(cfg: Mapping[str, Any]) -> Experiment:
-    """Builds data, model, sampler, aggregator and the jitted round from a configuration.
+def build(run: RunConfig) -> Experiment:
+    """Builds data, model, sampler, aggregator and the jitted round of a run.
 
     Raises:
         ConfigError: on any value that cannot work with the loaded data.
     """
-    cfg = dict(cfg)
-    seed = int(cfg["seed"])
+    seed = run.seed
     rng = data_rng(seed)
-    cache_dir = (cfg["dataset"] or {}).get("cache_dir")
+    cache_dir = run.dataset.get("cache_dir")
     if cache_dir:
-        key = cache.cache_key(cfg["dataset"], seed)
-        data = cache.load_cached(cache_dir, key, lambda: data_lib.load(cfg["dataset"], rng))
+        key = cache.cache_key(run.dataset, seed)
+        data = cache.load_cached(cache_dir, key, lambda: data_lib.load(run.dataset, rng))
     else:
-        data = data_lib.load(cfg["dataset"], rng)
-    data = inject_faults(data, cfg.get("faults"))
-    model_cfg = {k: v for k, v in dict(cfg["model"]).items() if k != "name"}
-    model = models.build(cfg["model"]["name"], data.num_classes, **model_cfg)
+        data = data_lib.load(run.dataset, rng)
+    data = inject_faults(data, run.faults)
+    model = models.build(run.model.name, data.num_classes, **dict(run.model.options or {}))
     params = model.init(purpose_key(seed, KEY_INIT), jnp.zeros((1,) + data.example_shape))
 
+    client = run.client
     sizes = data.train.client_sizes
-    max_examples = cfg["client"].get("max_examples")
+    max_examples = client.max_examples
     n_cap = int(sizes.max() if max_examples is None else min(sizes.max(), max_examples))
-    samp = cfg["sampling"]
-    num_canaries, num_unseen = canary_counts(cfg)
-    with config_fields(SAMPLING_FIELDS):
-        sampler = build_sampler(
-            samp["kind"],
-            data.train.num_clients + num_canaries,
-            samp.get("cohort_size"),
-            samp.get("rate"),
-        )
-    hier = hierarchy.from_config(cfg.get("hierarchy"), data.train.num_clients)
+    num_canaries, num_unseen = run.canaries.count, run.canaries.unseen
+    sampler = run.sampling.sampler(data.train.num_clients + num_canaries)
+    hier = hierarchy.from_settings(run.hierarchy, data.train.num_clients)
     if hier is not None:  # with dp_unit=gateway the sampler draws gateways
-        sampler = hier.wrap_sampler(sampler, samp)
-    with config_fields({"name": "client.optimizer"}):
-        client_opt = make_client_optimizer(
-            cfg["client"]["optimizer"],
-            float(cfg["client"]["lr"]),
-            float(cfg["client"].get("momentum") or 0.0),
-        )
+        sampler = hier.wrap_sampler(sampler, run.sampling)
+    client_opt = client_optimizer(client)
+    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     privacy = build_plan(
-        cfg.get("privacy") or {"name": "none"},
+        run.privacy,
         sampler,
-        cfg["client"],
-        int(cfg["rounds"]),
-        secagg_cfg=cfg.get("secagg"),
-        num_params=sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)),
+        client,
+        run.rounds,
+        secagg=run.secagg,
+        num_params=num_params,
     )
     if hier is not None:
         privacy = hier.plan(privacy)
     client_update = privacy.client_update(
         model.apply,
         client_opt,
-        int(cfg["client"]["epochs"]),
-        int(cfg["client"]["batch_size"]),
+        int(client.epochs),
+        int(client.batch_size),
         n_cap,
-        **edge_lib.local_options(cfg),
+        **edge_lib.local_options(run),
     )
     edge = edge_lib.build_edge(
-        cfg,
+        run,
         population=data.train.num_clients,
         seed_key=purpose_key(seed, edge_lib.EDGE_PURPOSE),
         user_dp=privacy.unit in ("user", "gateway", "example"),
-        local_steps=_public_local_steps(privacy, max_examples, cfg["client"]),
+        local_steps=_public_local_steps(privacy, client),
     )
-    alg = cfg["algorithm"]
-    server_opt = server_optimizer_from_config(alg)
+    alg = run.algorithm
+    server_opt = alg.server_optimizer()
     noise_root = None
-    if release.noise_source(cfg.get("privacy")) == "secure" and privacy.is_private:
+    if release.noise_source(run.privacy) == "secure" and privacy.is_private:
         noise_root = release.secure_root_key()
     # The secure-aggregation key (masks, rotation) is in the server state and so in every
     # checkpoint: it stays seeded; the noise comes from the client keys (round_key).
     aggregator = privacy.aggregator(
-        alg.get("weighting", "count"), key=purpose_key(seed, KEY_SECAGG), params=params
+        alg.weighting or "count", key=purpose_key(seed, KEY_SECAGG), params=params
     )
-    num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     example_bytes = int(np.prod(data.example_shape)) * data.train.x.dtype.itemsize
     exec_plan = planner.plan(
         sampler.capacity,
         num_params,
         example_bytes,
         n_cap,
-        (cfg.get("execution") or {}).get("chunk_size", "auto"),
-        num_devices=(cfg.get("execution") or {}).get("devices", 1),
+        run.execution.chunk_size or "auto",
+        num_devices=run.execution.devices or 1,
     )
     mesh = planner.make_mesh(exec_plan.num_devices)
     canaries = None
@@ -326,20 +312,18 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
         round_fn = make_protocol_round(client_update, aggregator, server_opt, privacy.secagg)
     else:
         local_sums = None
-        requested = str((cfg.get("execution") or {}).get("path", "auto"))
+        requested = str(run.execution.path or "auto")
         if canaries is not None and requested == "lowrank":
             raise ConfigError("canaries.count", "canary clients need execution.path=direct or auto")
         path = "direct" if canaries is not None else requested
-        path = lowrank.choose_path(
-            path, params, cfg["client"], aggregator, privacy.unit == "example"
-        )
+        path = lowrank.choose_path(path, params, client, aggregator, privacy.unit == "example")
         if path == "lowrank":
-            exec_plan = _lowrank_plan(exec_plan, params, n_cap, cfg["client"])
+            exec_plan = _lowrank_plan(exec_plan, params, n_cap, client)
             local_sums = lowrank.make_lowrank_cohort_sums(
                 lowrank.dense_layers(params),
-                float(cfg["client"]["lr"]),
-                int(cfg["client"]["epochs"]),
-                int(cfg["client"]["batch_size"]),
+                float(client.lr),
+                int(client.epochs),
+                int(client.batch_size),
                 n_cap,
                 aggregator,
                 exec_plan.chunk_size,
@@ -348,7 +332,7 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
             aggregator, local_sums = hier.round_parts(
                 aggregator,
                 client_update,
-                alg.get("weighting", "count"),
+                alg.weighting or "count",
                 exec_plan.chunk_size,
             )
         round_fn = jax.jit(
@@ -367,7 +351,7 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
             round_fn = _replicating(round_fn, mesh)
     state = init_server_state(params, server_opt, aggregator)
     return Experiment(
-        cfg,
+        run,
         data,
         model,
         sampler,
@@ -383,34 +367,22 @@ def build(cfg: Mapping[str, Any]) -> Experiment:
     )
 
 
-def _public_local_steps(privacy: PrivacyPlan, max_examples, client_cfg) -> int | None:
+def client_optimizer(client: LocalTraining) -> optax.GradientTransformation:
+    """The clients' local optimizer of the ``client`` group."""
+    with config_fields({"name": "client.optimizer"}):
+        return make_client_optimizer(
+            str(client.optimizer), float(client.lr), float(client.momentum or 0.0)
+        )
+
+
+def _public_local_steps(privacy: PrivacyPlan, client: LocalTraining) -> int | None:
     """The local steps a client takes at most, when they are public: DP-SGD's fixed steps
     under example-level DP, else ``E ceil(max_examples / B)`` when the cap is declared."""
     if privacy.unit == "example":
         return int(privacy.steps)
-    if max_examples is None:
+    if client.max_examples is None:
         return None
-    return num_local_steps(
-        int(max_examples), int(client_cfg["batch_size"]), int(client_cfg["epochs"])
-    )
-
-
-def canary_counts(cfg: Mapping[str, Any]) -> tuple[int, int]:
-    """``(count, unseen)`` of the ``canaries`` block (``(0, 0)`` without it).
-
-    Raises:
-        ConfigError: a count that is not a non-negative integer.
-    """
-    block = cfg.get("canaries") or {}
-    count, unseen = block.get("count") or 0, block.get("unseen")
-    for field, value in (("canaries.count", count), ("canaries.unseen", unseen)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(field, f"must be an integer >= 0, got {value!r}")
-        if value is not None and value < 0:
-            raise ConfigError(field, f"must be an integer >= 0, got {value!r}")
-    if not count:
-        return 0, 0
-    return int(count), int(count if unseen is None else unseen)
+    return num_local_steps(int(client.max_examples), int(client.batch_size), int(client.epochs))
 
 
 class _replicating:
@@ -431,13 +403,13 @@ class _replicating:
         return self.jitted._cache_size()
 
 
-def _lowrank_plan(exec_plan, params, n_cap: int, client_cfg) -> planner.ExecutionPlan:
+def _lowrank_plan(
+    exec_plan: planner.ExecutionPlan, params: Any, n_cap: int, client: LocalTraining
+) -> planner.ExecutionPlan:
     """The same slots per device, regrouped in the wide chunks the factored path wants."""
     per_device = exec_plan.chunk_size * exec_plan.num_chunks
     dims = [tuple(layer["kernel"].shape) for layer in params["params"].values()]
-    k = lowrank.lowrank_chunk(
-        per_device, n_cap, int(client_cfg["batch_size"]), int(client_cfg["epochs"]), dims
-    )
+    k = lowrank.lowrank_chunk(per_device, n_cap, int(client.batch_size), int(client.epochs), dims)
     return dataclasses.replace(exec_plan, chunk_size=k, num_chunks=math.ceil(per_device / k))
 
 
@@ -471,7 +443,7 @@ def evaluate(
     return {"test_loss": loss / n, "test_accuracy": correct / n}
 
 
-def inject_faults(data: data_lib.FederatedData, faults: Mapping[str, Any] | None):
+def inject_faults(data: data_lib.FederatedData, faults: Faults):
     """Applies ``faults`` from the configuration to the loaded data (for robustness tests).
 
     ``faults.nan_clients``: the features of these clients become NaN, so every round they
@@ -481,7 +453,7 @@ def inject_faults(data: data_lib.FederatedData, faults: Mapping[str, Any] | None
     Raises:
         ConfigError: a client id outside the population.
     """
-    ids = list((faults or {}).get("nan_clients") or [])
+    ids = list(faults.nan_clients)
     if not ids:
         return data
     train = data.train

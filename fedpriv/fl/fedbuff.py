@@ -89,11 +89,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedpriv.errors import ConfigError, config_fields
+from fedpriv.errors import ConfigError
 from fedpriv.fl import edge as edge_lib
 from fedpriv.fl import experiment as experiment_lib
 from fedpriv.fl.aggregators import Aggregator
-from fedpriv.fl.client import ClientBatch, ClientOutput, make_client_optimizer
+from fedpriv.fl.client import ClientBatch, ClientOutput
 from fedpriv.fl.round import (
     RoundInputs,
     ServerState,
@@ -105,9 +105,9 @@ from fedpriv.fl.round import (
     split_round_key,
 )
 from fedpriv.fl.sampling import host_rng
-from fedpriv.fl.server import server_optimizer_from_config
 from fedpriv.privacy import release
 from fedpriv.privacy.plan import PrivacyPlan, build_plan
+from fedpriv.settings import Asynchronous, FixedCohort, RunConfig, SecureAggregation
 
 PyTree = Any
 
@@ -500,6 +500,10 @@ def make_fedbuff_step(
 # --------------------------------------------------------------------------- configuration
 
 
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
 @dataclasses.dataclass(frozen=True)
 class FedBuffConfig:
     """The ``async`` group for ``name: fedbuff``.
@@ -521,34 +525,33 @@ class FedBuffConfig:
     accounting: str = "no_amplification"
 
     @classmethod
-    def from_config(cls, block: Mapping[str, Any]) -> FedBuffConfig:
-        """Reads the ``async`` block.
+    def from_settings(cls, settings: Asynchronous) -> FedBuffConfig:
+        """Reads the ``async`` group.
 
         Raises:
             ConfigError: a bad field, naming it.
         """
-        block = dict(block)
-        delay = dict(block.get("delay") or {})
-        accounting = block.get("accounting", "no_amplification")
+        delay = dict(settings.delay or {})
+        accounting = settings.accounting or "no_amplification"
         if accounting not in ACCOUNTING:
             raise ConfigError(
                 "async.accounting", f"unknown value {accounting!r}; choose from {list(ACCOUNTING)}"
             )
         for field, low in (("buffer_size", 1), ("concurrency", 1), ("max_staleness", 0)):
-            value = block.get(field)
+            value = getattr(settings, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"async.{field}", f"must be an integer >= {low}, got {value!r}")
-        exponent = float(block.get("staleness_exponent", 0.5))
+        exponent = float(_default(settings.staleness_exponent, 0.5))
         if not exponent >= 0:
             raise ConfigError("async.staleness_exponent", f"must be >= 0, got {exponent}")
         return cls(
-            int(block["buffer_size"]),
-            int(block["concurrency"]),
-            int(block["max_staleness"]),
+            int(settings.buffer_size),
+            int(settings.concurrency),
+            int(settings.max_staleness),
             exponent,
             DelayModel(
-                str(delay.get("distribution", "exponential")),
-                float(delay.get("mean", 1.0)),
+                str(_default(delay.get("distribution"), "exponential")),
+                float(_default(delay.get("mean"), 1.0)),
                 float(delay.get("sigma") or 1.0),
                 float(delay.get("stragglers") or 0.0),
                 float(delay.get("slowdown") or 1.0),
@@ -702,7 +705,7 @@ class FedBuffExperiment:
         """Nothing beyond the driver's files."""
 
 
-def build(cfg: Mapping[str, Any]) -> FedBuffExperiment:
+def build(run: RunConfig) -> FedBuffExperiment:
     """Builds a FedBuff run: data and model (through :func:`fedpriv.fl.experiment.build`), the
     schedule, the privacy plan of one server step, and the jitted step.
 
@@ -712,17 +715,15 @@ def build(cfg: Mapping[str, Any]) -> FedBuffExperiment:
     Raises:
         ConfigError: any value that cannot work with the loaded data.
     """
-    cfg = dict(cfg)
-    fb = FedBuffConfig.from_config(cfg["async"])
-    sync_cfg = {
-        **cfg,
-        "sampling": {"kind": "fixed", "cohort_size": fb.buffer_size},
-        "privacy": {"name": "none"},
-        "secagg": {"mode": "none"},
-        "execution": {**(cfg.get("execution") or {}), "devices": 1},
-        "async": {"name": "none"},
-    }
-    base = experiment_lib.build(sync_cfg)
+    fb = FedBuffConfig.from_settings(run.asynchronous)
+    sync_run = run.replace(
+        sampling=FixedCohort(cohort_size=fb.buffer_size),
+        privacy={"name": "none"},
+        secagg=SecureAggregation(mode="none"),
+        execution=dataclasses.replace(run.execution, devices=1),
+        asynchronous=Asynchronous(name="none"),
+    )
+    base = experiment_lib.build(sync_run)
     n = base.data.train.num_clients
     if fb.concurrency + fb.buffer_size - 1 > n:
         raise ConfigError(
@@ -730,8 +731,8 @@ def build(cfg: Mapping[str, Any]) -> FedBuffExperiment:
             f"must be in [1, {n - fb.buffer_size + 1}] (clients - async.buffer_size + 1), "
             f"got {fb.concurrency}",
         )
-    steps = int(cfg["rounds"])
-    speed_rng, job_rng = schedule_rng(cfg["seed"])
+    steps = run.rounds
+    speed_rng, job_rng = schedule_rng(run.seed)
     speed = fb.delay.speeds(n, speed_rng)
     schedule = simulate(
         n, steps, fb.buffer_size, fb.concurrency, fb.max_staleness, fb.delay, job_rng, speed
@@ -739,32 +740,26 @@ def build(cfg: Mapping[str, Any]) -> FedBuffExperiment:
     kind = "fixed" if fb.accounting == "uniform_subset" else "full"
     params = base.initial_params
     privacy = build_plan(
-        cfg.get("privacy") or {"name": "none"},
+        run.privacy,
         BufferSampling(kind, n, fb.buffer_size),
-        cfg["client"],
+        run.client,
         steps,
         num_params=sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)),
     )
-    with config_fields({"name": "client.optimizer"}):
-        client_opt = make_client_optimizer(
-            cfg["client"]["optimizer"],
-            float(cfg["client"]["lr"]),
-            float(cfg["client"].get("momentum") or 0.0),
-        )
     client_update = privacy.client_update(
         base.model.apply,
-        client_opt,
-        int(cfg["client"]["epochs"]),
-        int(cfg["client"]["batch_size"]),
+        experiment_lib.client_optimizer(run.client),
+        int(run.client.epochs),
+        int(run.client.batch_size),
         base.n_cap,
-        **edge_lib.local_options(cfg),  # FedProx's proximal term (from the downloaded model)
+        # FedProx's proximal term (from the downloaded model)
+        **edge_lib.local_options(run),
     )
-    if release.noise_source(cfg.get("privacy")) == "secure" and privacy.is_private:
+    if release.noise_source(run.privacy) == "secure" and privacy.is_private:
         # Step keys come from the base experiment: give it the noise root and the plan.
         base = dataclasses.replace(base, privacy=privacy, noise_root=release.secure_root_key())
-    alg = cfg["algorithm"]
-    server_opt = server_optimizer_from_config(alg)
-    aggregator = privacy.aggregator(alg.get("weighting", "count"))
+    server_opt = run.algorithm.server_optimizer()
+    aggregator = privacy.aggregator(run.algorithm.weighting or "count")
     chunk = base.plan.chunk_size
     slots = max(base.plan.slots, math.ceil(fb.buffer_size / chunk) * chunk)
     step_fn = jax.jit(

@@ -54,17 +54,18 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedpriv.errors import ConfigError, config_fields
+from fedpriv.errors import ConfigError
 from fedpriv.fl.aggregators import Aggregator, weighted_mean
 from fedpriv.fl.round import RoundInputs, client_contribution
-from fedpriv.fl.sampling import SAMPLING_FIELDS, build_sampler
+from fedpriv.settings import FixedCohort, Poisson
+from fedpriv.settings import Hierarchy as HierarchySettings
 
 PyTree = Any
 
@@ -354,7 +355,7 @@ class Hierarchy:
     dp_unit: str = "client"
     assign: str = "modulo"
 
-    def wrap_sampler(self, sampler: Any, sampling_cfg: Mapping[str, Any]) -> Any:
+    def wrap_sampler(self, sampler: Any, sampling: Poisson | FixedCohort) -> Any:
         """The sampler that runs: ``sampler`` itself for unit ``client``; for unit
         ``gateway``, a :class:`GatewaySampler` over the ``G`` gateways built from the same
         ``sampling`` settings (``rate`` per gateway, or ``cohort_size`` gateways).
@@ -364,16 +365,14 @@ class Hierarchy:
         """
         if self.dp_unit == "client":
             return sampler
-        kind = sampling_cfg["kind"]
-        size = sampling_cfg.get("cohort_size")
-        if kind == "fixed" and size is not None and int(size) > self.num_gateways:
+        size = getattr(sampling, "cohort_size", None)
+        if size is not None and int(size) > self.num_gateways:
             raise ConfigError(
                 "sampling.cohort_size",
                 f"with hierarchy.dp_unit=gateway the cohort counts gateways: must be in "
                 f"[1, {self.num_gateways}] (hierarchy.gateways), got {size}",
             )
-        with config_fields(SAMPLING_FIELDS):
-            inner = build_sampler(kind, self.num_gateways, size, sampling_cfg.get("rate"))
+        inner = sampling.sampler(self.num_gateways)
         return GatewaySampler(inner, self.gateway_of)
 
     def plan(self, plan: Any) -> Any:
@@ -438,25 +437,24 @@ class Hierarchy:
         return agg, local_sums
 
 
-def from_config(block: Mapping[str, Any] | None, num_clients: int) -> Hierarchy | None:
-    """The hierarchy of a ``hierarchy`` config block (None for ``name: none`` or no block).
+def from_settings(settings: HierarchySettings, num_clients: int) -> Hierarchy | None:
+    """The hierarchy of the ``hierarchy`` group (None for ``name: none``).
 
     Raises:
         ConfigError: a bad field, naming it and what is allowed.
     """
-    block = dict(block or {})
-    name = block.get("name", "none") or "none"
+    name = settings.name or "none"
     if name not in NAMES:
         raise ConfigError("hierarchy.name", f"unknown value {name!r}; choose from {list(NAMES)}")
     if name == "none":
         return None
-    unit = block.get("dp_unit", "client")
+    unit = settings.dp_unit or "client"
     if unit not in DP_UNITS:
         raise ConfigError(
             "hierarchy.dp_unit", f"unknown value {unit!r}; choose from {list(DP_UNITS)}"
         )
-    assign = block.get("assign", "modulo")
-    gateways = block.get("gateways")
+    assign = settings.assign or "modulo"
+    gateways = settings.gateways
     return Hierarchy(assign_gateways(num_clients, gateways, assign), int(gateways), unit, assign)
 
 
@@ -466,7 +464,7 @@ __all__ = [
     "GatewaySampler",
     "Hierarchy",
     "assign_gateways",
-    "from_config",
+    "from_settings",
     "gateway_sums",
     "hierarchical_aggregator",
 ]

@@ -39,6 +39,7 @@ from fedpriv.fl.experiment import build
 from fedpriv.privacy import release
 from fedpriv.privacy.ledger import LEDGER_FILE, LedgerWriter
 from fedpriv.privacy.plan import PrivacyPlan
+from fedpriv.settings import RunConfig
 from fedpriv.validation import check_output_dir, read_jsonl
 
 
@@ -88,25 +89,21 @@ class RunSettings:
             raise ValueError(f"noise_source must be one of {list(release.NOISE_SOURCES)}")
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> RunSettings:
-        """The settings of a validated configuration (``rounds``, ``eval_every``,
-        ``checkpoint``, ``resume``, ``privacy.stop_at_epsilon``, ``privacy.release``,
-        ``privacy.noise_source``, ``faults.crash_at_round``); unset or null values take
-        the defaults above."""
-        ck = cfg.get("checkpoint") or {}
-        privacy = cfg.get("privacy") or {}
-        every, keep = ck.get("every", 25), ck.get("keep")
-        stop_at = privacy.get("stop_at_epsilon")
+    def from_run(cls, run: RunConfig) -> RunSettings:
+        """The settings of a run (``rounds``, ``eval_every``, ``checkpoint``, ``resume``,
+        ``privacy.stop_at_epsilon``, ``privacy.release``, ``privacy.noise_source``,
+        ``faults.crash_at_round``)."""
+        stop_at = run.privacy.get("stop_at_epsilon")
         return cls(
-            rounds=int(cfg["rounds"]),
-            eval_every=int(cfg["eval_every"]),
-            checkpoint_every=0 if every is None else int(every),
-            checkpoint_keep=2 if keep is None else int(keep),
-            resume=bool(cfg.get("resume", False)),
+            rounds=run.rounds,
+            eval_every=run.eval_every,
+            checkpoint_every=run.checkpoint.every,
+            checkpoint_keep=run.checkpoint.keep,
+            resume=run.resume,
             stop_at_epsilon=None if stop_at is None else float(stop_at),
-            release=release.mode(privacy),
-            noise_source=release.noise_source(privacy),
-            crash_at_round=(cfg.get("faults") or {}).get("crash_at_round"),
+            release=release.mode(run.privacy),
+            noise_source=release.noise_source(run.privacy),
+            crash_at_round=run.faults.crash_at_round,
         )
 
 
@@ -513,15 +510,16 @@ def drive(
     return summary
 
 
-def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = True) -> dict:
-    """Builds the run a validated configuration describes and drives it (:func:`drive`).
+def run(run: RunConfig, run_dir: str | os.PathLike, progress: bool = True) -> dict:
+    """Builds the run a configuration describes and drives it (:func:`drive`).
 
     ``async.name: fedbuff`` builds buffered asynchronous aggregation
     (:func:`fedpriv.fl.fedbuff.build`: a metrics line and a ledger record per server step);
     otherwise synchronous rounds (:func:`fedpriv.fl.experiment.build`).
 
     Args:
-        cfg: a validated configuration (plain dicts).
+        run: the run (:class:`~fedpriv.settings.RunConfig`, as
+            :func:`fedpriv.config.validate` returns it).
         run_dir: the run directory (Hydra's output directory).
         progress: show a progress bar on stderr.
 
@@ -533,21 +531,18 @@ def run(cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = Tru
             has been written.
         Interrupted: SIGTERM or SIGINT arrived; the checkpoint of the last step is written.
     """
-    return run_experiment(cfg, run_dir, progress)[1]
+    return run_experiment(run, run_dir, progress)[1]
 
 
 def run_experiment(
-    cfg: Mapping[str, Any], run_dir: str | os.PathLike, progress: bool = True
+    run: RunConfig, run_dir: str | os.PathLike, progress: bool = True
 ) -> tuple[Steps, dict]:
     """:func:`run`, returning the experiment as well (its ``state`` is the final one)."""
     run_dir = Path(run_dir)
     check_output_dir(run_dir)
-    settings = RunSettings.from_config(cfg)
-    if ((cfg.get("async") or {}).get("name") or "none") != "none":
-        exp: Steps = fedbuff.build(cfg)
-    else:
-        exp = build(cfg)
-    config = {k: v for k, v in cfg.items() if k != "resume"}
+    settings = RunSettings.from_run(run)
+    exp: Steps = fedbuff.build(run) if run.is_async else build(run)
+    config = {k: v for k, v in run.source.items() if k != "resume"}
     return exp, drive(exp, settings, run_dir, config, progress)
 
 

@@ -38,6 +38,7 @@ from fedpriv.errors import ConfigError
 from fedpriv.fl.aggregators import Aggregator
 from fedpriv.fl.client import batch_schedule
 from fedpriv.fl.round import RoundInputs
+from fedpriv.settings import LocalTraining
 
 PyTree = Any
 
@@ -255,7 +256,7 @@ PATHS = ("auto", "direct", "lowrank")
 def choose_path(
     requested: str,
     params: PyTree,
-    client_cfg: dict,
+    client: LocalTraining,
     aggregator: Aggregator,
     example_level_dp: bool,
 ) -> str:
@@ -275,7 +276,7 @@ def choose_path(
     reasons = []
     if dense_layers(params) is None:
         reasons.append("the model must be a chain of dense layers (model=mlp or logreg)")
-    if client_cfg.get("optimizer", "sgd") != "sgd" or float(client_cfg.get("momentum") or 0):
+    if (client.optimizer or "sgd") != "sgd" or float(client.momentum or 0):
         reasons.append("clients must use plain SGD (client.optimizer=sgd, momentum 0)")
     if aggregator.client_scale is None:
         reasons.append(

@@ -7,14 +7,14 @@ FedAdam and Yogi is FedYogi (with ``tau`` as the adaptivity epsilon).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import dataclasses
 
 import optax
 
-from fedpriv.errors import ArgumentError, config_fields
+from fedpriv import algorithms
+from fedpriv.errors import ArgumentError
 
-ALGORITHMS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox", "fednova")
+ALGORITHMS = tuple(algorithms.by_name())
 
 
 def server_optimizer(
@@ -25,7 +25,8 @@ def server_optimizer(
     beta2: float = 0.99,
     tau: float = 1e-3,
 ) -> optax.GradientTransformation:
-    """Returns the optax transformation for the federated algorithm ``name``.
+    """Returns the optax transformation for the federated algorithm ``name``
+    (:meth:`fedpriv.algorithms.Algorithm.server_optimizer` of its class).
 
     Args:
         name: one of ``fedavg``, ``fedavgm``, ``fedadam``, ``fedyogi``, ``fedprox``,
@@ -38,33 +39,9 @@ def server_optimizer(
     Raises:
         ArgumentError: naming ``name`` (``algorithm.name`` in a run's configuration).
     """
-    if name in ("fedavg", "fedprox", "fednova"):
-        # FedProx and FedNova change local training and the aggregate
-        # (fedpriv.fl.client, fedpriv.fl.edge); their server step is FedAvg's.
-        return optax.sgd(lr)
-    if name == "fedavgm":
-        return optax.sgd(lr, momentum=momentum)
-    if name == "fedadam":
-        return optax.adam(lr, b1=beta1, b2=beta2, eps=tau)
-    if name == "fedyogi":
-        return optax.yogi(lr, b1=beta1, b2=beta2, eps=tau)
-    raise ArgumentError("name", f"unknown algorithm {name!r}; choose from {list(ALGORITHMS)}")
-
-
-def server_optimizer_from_config(alg: Mapping[str, Any]) -> optax.GradientTransformation:
-    """:func:`server_optimizer` for an ``algorithm`` config group (plain dict); a missing or
-    null value takes the default (a zero momentum or beta stays zero)."""
-
-    def value(key: str, default: float) -> float:
-        v = alg.get(key)
-        return float(default if v is None else v)
-
-    with config_fields({"name": "algorithm.name"}):
-        return server_optimizer(
-            alg["name"],
-            float(alg["server_lr"]),
-            value("server_momentum", 0.9),
-            value("beta1", 0.9),
-            value("beta2", 0.99),
-            value("tau", 1e-3),
-        )
+    cls = algorithms.by_name().get(name)
+    if cls is None:
+        raise ArgumentError("name", f"unknown algorithm {name!r}; choose from {list(ALGORITHMS)}")
+    given = dict(server_lr=lr, server_momentum=momentum, beta1=beta1, beta2=beta2, tau=tau)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in given.items() if k in fields}).server_optimizer()

@@ -19,6 +19,7 @@ from fedpriv.conf import with_preset
 from fedpriv.privacy import mechanisms
 from fedpriv.privacy.mechanisms.base import AccountingTools, PrivacyPlan, resolve_delta
 from fedpriv.privacy.secagg.plan import build_secure_plan
+from fedpriv.settings import LocalTraining, SecureAggregation
 
 __all__ = ["PrivacyPlan", "build_plan", "mechanism_names", "resolve_delta"]
 
@@ -29,20 +30,24 @@ def mechanism_names() -> list[str]:
 
 
 def build_plan(
-    privacy_cfg: Mapping[str, Any],
+    privacy: Mapping[str, Any],
     sampler: Any,
-    client_cfg: Mapping[str, Any],
-    rounds: int,
-    secagg_cfg: Mapping[str, Any] | None = None,
+    client: LocalTraining | None = None,
+    rounds: int = 1,
+    secagg: SecureAggregation | None = None,
     num_params: int | None = None,
 ) -> PrivacyPlan:
-    """Builds the plan from the ``privacy`` config and the sampler that will run.
+    """Builds the plan from the ``privacy`` block and the sampler that will run.
 
     With ``privacy.target_epsilon`` set, the noise multiplier is calibrated (one-sided) with
-    ``privacy.accountant`` for the planned rounds before training starts. ``secagg_cfg``
-    (the ``secagg`` group) and ``num_params`` (the model size) resolve secure aggregation
+    ``privacy.accountant`` for the planned rounds before training starts. ``client`` is the
+    clients' local training (None: the ``client`` preset's). ``secagg`` (the ``secagg``
+    group) and ``num_params`` (the model size) resolve secure aggregation
     (:func:`fedpriv.privacy.secagg.plan.build_secure_plan`); a mechanism that builds its own
     secure aggregation (``distributed_dp``) receives them.
+
+    The ``privacy`` block is the one the mechanism its ``name`` names reads: each mechanism
+    has its own fields (:mod:`fedpriv.privacy.mechanisms`).
 
     Keys the ``privacy`` block leaves out take the values of the preset its ``name`` names;
     a ``noise_multiplier`` given without ``target_epsilon`` is the fixed noise (the preset's
@@ -58,19 +63,19 @@ def build_plan(
     """
     # Keys left out take the preset's defaults (fedpriv/conf/privacy/<name>.yaml); a noise
     # multiplier given without a target replaces the preset's target, as on the command line.
-    given = dict(privacy_cfg)
+    given = dict(privacy)
     if given.get("noise_multiplier") is not None and "target_epsilon" not in given:
         given["target_epsilon"] = None
-    privacy_cfg = with_preset("privacy", given)
-    mechanism = mechanisms.get(privacy_cfg.get("name", "none"))
+    privacy = with_preset("privacy", given)
+    mechanism = mechanisms.get(privacy.get("name", "none"))
     tools = AccountingTools(
         accounting.epsilon, accounting.calibrate_noise, distributed_accounting.calibrate
     )
-    plan = mechanism.build(
-        privacy_cfg, sampler, client_cfg, rounds, secagg_cfg, num_params, tools=tools
-    )
+    client = LocalTraining.from_block(client.values() if client is not None else {})
+    secagg = SecureAggregation.from_block(secagg.values() if secagg is not None else {})
+    plan = mechanism.build(privacy, sampler, client, rounds, secagg, num_params, tools=tools)
     if mechanism.owns_secagg:
         return plan
-    if (secagg_cfg or {}).get("mode", "none") not in (None, "none"):
-        return build_secure_plan(plan, secagg_cfg, num_params)
+    if secagg.enabled:
+        return build_secure_plan(plan, secagg, num_params)
     return plan

@@ -12,6 +12,7 @@ import pytest
 import fedpriv
 from fedpriv import algorithms, mechanisms
 from fedpriv.errors import ConfigError
+from fedpriv.settings import RunConfig
 from tests.audit import runs
 
 SMALL = fedpriv.Population("digits", num_clients=100, partition="iid")
@@ -74,7 +75,7 @@ def test_a_run_from_python_is_the_run_the_command_line_makes(tmp_path):
         "progress=false",
     )
     validate(shell)
-    loop.run(shell, tmp_path / "shell", progress=False)
+    loop.run(RunConfig.from_mapping(shell), tmp_path / "shell", progress=False)
     result = fedpriv.simulate(
         SMALL,
         model="logreg",

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from fedpriv.settings import RunConfig
 from tests.conftest import REPO
 
 CONF_DIR = REPO / "fedpriv" / "conf"
@@ -40,7 +41,7 @@ def train(run_dir: Path, *overrides: str) -> Path:
 
     cfg = compose(*DEBUG, *overrides)
     validate(cfg)
-    loop.run(cfg, run_dir, progress=False)
+    loop.run(RunConfig.from_mapping(cfg), run_dir, progress=False)
     (run_dir / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(OmegaConf.create(cfg), run_dir / ".hydra" / "config.yaml")
     return run_dir

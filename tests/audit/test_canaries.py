@@ -21,6 +21,7 @@ from fedpriv.fl.canaries import CanarySpec, direction
 from fedpriv.fl.round import RoundInputs, init_server_state, make_round
 from fedpriv.privacy import aggregators
 from fedpriv.privacy.aggregators import dp_fedavg
+from fedpriv.settings import RunConfig
 from tests.conftest import run_cli
 from tests.fl.helpers import toy_client_update, toy_model, toy_population
 
@@ -180,8 +181,8 @@ def _metrics(run_dir):
 def test_zero_canaries_change_nothing(tmp_path):
     cfg = compose_cfg(*DEBUG_DP, "canaries.count=0")
     without = {k: v for k, v in cfg.items() if k != "canaries"}
-    s_with = loop.run(cfg, tmp_path / "a", progress=False)
-    s_without = loop.run(without, tmp_path / "b", progress=False)
+    s_with = loop.run(RunConfig.from_mapping(cfg), tmp_path / "a", progress=False)
+    s_without = loop.run(RunConfig.from_mapping(without), tmp_path / "b", progress=False)
     pa, pb = _final_params(tmp_path / "a"), _final_params(tmp_path / "b")
     assert pa.keys() == pb.keys()
     assert all(np.array_equal(pa[k], pb[k]) for k in pa)
@@ -196,7 +197,7 @@ def test_canaries_join_the_population_and_the_accounting(tmp_path, sampling):
     k = 12
     extra = ["sampling=poisson", "sampling.rate=0.25"] if sampling == "poisson" else []
     cfg = compose_cfg(*DEBUG_DP, *extra, f"canaries.count={k}", "canaries.unseen=7", "rounds=4")
-    summary = loop.run(cfg, tmp_path, progress=False)
+    summary = loop.run(RunConfig.from_mapping(cfg), tmp_path, progress=False)
     n_real = 20  # the debug preset's population
     record = json.loads((tmp_path / "canaries.json").read_text())
     assert record["format"] == 1 and record["count"] == k and record["unseen"] == 7
@@ -242,7 +243,7 @@ AUDIT = (
 
 def _audited_run(run_dir, noise, canaries):
     cfg = compose_cfg(*AUDIT, f"privacy.noise_multiplier={noise}", f"canaries.count={canaries}")
-    summary = loop.run(cfg, run_dir, progress=False)
+    summary = loop.run(RunConfig.from_mapping(cfg), run_dir, progress=False)
     return summary, empirical_audit(run_dir, summary["delta"])
 
 

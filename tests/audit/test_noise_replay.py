@@ -29,6 +29,7 @@ from fedpriv.audit.replay import (
     replay_last_round,
     residual_tests,
 )
+from fedpriv.settings import RunConfig
 from tests.audit import runs
 
 Z = ("privacy.noise_multiplier=1.0", "privacy.target_epsilon=null", "model=mlp")
@@ -157,7 +158,7 @@ def test_reference_matches_the_round_to_float32_rounding(honest):
     replay = replay_last_round(run)
     round_key = jax.random.fold_in(experiment.purpose_key(0, experiment.KEY_ROUND), 3)
     noise_key = jax.random.split(jax.random.split(round_key)[1])[0]
-    params = experiment.build(run.config).initial_params
+    params = experiment.build(RunConfig.from_mapping(run.config)).initial_params
     noise = gaussian_like(params, 1.0 * 1.0, noise_key)
     noise = np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(noise)])
     disagreement = replay.residual - noise / 10

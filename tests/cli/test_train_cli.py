@@ -42,6 +42,10 @@ BAD_INPUTS = [
     (["privacy=user_dp", "privacy.target_epsilon=0"], "privacy.target_epsilon", "(0, inf]"),
     (["privacy=user_dp", "privacy.accountant=moments"], "privacy.accountant", "choose from"),
     (["privacy=dp"], "privacy", "choose from"),
+    # A key no choice of a typed group has (a typo) is refused; see tests/test_settings.py.
+    (["+client.lrr=0.1"], "client.lrr", "is not a setting of client"),
+    (["+secagg.bitz=16"], "secagg.bitz", "is not a setting of secagg"),
+    (["+sampling.size=5"], "sampling.size", "is not a setting of sampling"),
 ]
 
 

@@ -117,15 +117,16 @@ def test_replayed_rounds_are_ledger_events_that_count():
 def test_fault_injection_makes_only_the_chosen_clients_nan():
     from fedpriv.data import load
     from fedpriv.fl.experiment import inject_faults
+    from fedpriv.settings import Faults
 
     data = load(
         {"name": "digits", "num_clients": 10, "partition": {"kind": "iid"}},
         np.random.default_rng(0),
     )
-    faulty = inject_faults(data, {"nan_clients": [2]})
+    faulty = inject_faults(data, Faults(nan_clients=(2,)))
     for k in range(10):
         x, _ = faulty.train.client_data(k)
         assert np.all(np.isnan(x)) if k == 2 else np.all(np.isfinite(x))
     assert np.all(np.isfinite(data.train.x))  # the loaded data is not modified
     with pytest.raises(ConfigError, match=r"faults.nan_clients.*\[0, 9\]"):
-        inject_faults(data, {"nan_clients": [10]})
+        inject_faults(data, Faults(nan_clients=(10,)))

@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 from fedpriv.cli import compose
 from fedpriv.config import validate
 from fedpriv.fl import experiment
+from fedpriv.settings import RunConfig
 
 
 def _cfg(*overrides):
@@ -26,7 +27,7 @@ def test_poisson_cohorts_of_varying_size_compile_once():
         "privacy.target_epsilon=null",
         "privacy.noise_multiplier=1.0",
     )
-    exp = experiment.build(cfg)
+    exp = experiment.build(RunConfig.from_mapping(cfg))
     state = exp.state
     sizes = []
     for rnd in range(1, 9):

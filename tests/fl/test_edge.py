@@ -23,6 +23,7 @@ from fedpriv.fl.client import (
 )
 from fedpriv.fl.round import RoundInputs, init_server_state, make_round
 from fedpriv.fl.server import server_optimizer
+from fedpriv.settings import RunConfig
 from tests.audit import runs
 from tests.conftest import run_cli
 
@@ -110,9 +111,13 @@ def test_default_configuration_builds_no_edge_stage_and_no_local_options():
     cfg = runs.compose(*runs.DEBUG)
     validate(cfg)
     assert cfg["availability"] == {"kind": "none"} and cfg["compute"] == {"kind": "none"}
-    assert edge_lib.local_options(cfg) == {}
+    assert edge_lib.local_options(RunConfig.from_mapping(cfg)) == {}
     spec = edge_lib.build_edge(
-        cfg, population=20, seed_key=jax.random.key(0), user_dp=False, local_steps=4
+        RunConfig.from_mapping(cfg),
+        population=20,
+        seed_key=jax.random.key(0),
+        user_dp=False,
+        local_steps=4,
     )
     assert spec is None
 
@@ -124,7 +129,7 @@ def test_dropout_zero_and_no_stragglers_leave_a_run_bit_equal(tmp_path):
     def final(*overrides):
         cfg = runs.compose(*runs.DEBUG, "rounds=2", *overrides)
         validate(cfg)
-        exp = experiment.build(cfg)
+        exp = experiment.build(RunConfig.from_mapping(cfg))
         state = exp.state
         for rnd in (1, 2):
             state, _ = exp.round_fn(state, exp.cohort(rnd), exp.round_key(rnd))
@@ -490,15 +495,27 @@ def test_fednova_momentum_norm_and_dp_tau_eff():
     cfg = runs.compose(*runs.DEBUG, "algorithm=fednova", "privacy=user_dp", *Z)
     validate(cfg)
     spec = edge_lib.build_edge(
-        cfg, population=20, seed_key=jax.random.key(0), user_dp=True, local_steps=7
+        RunConfig.from_mapping(cfg),
+        population=20,
+        seed_key=jax.random.key(0),
+        user_dp=True,
+        local_steps=7,
     )
     assert spec.tau_eff == 7.0  # public under DP: from the declared cap
     with pytest.raises(ConfigError, match="must be public"):
         edge_lib.build_edge(
-            cfg, population=20, seed_key=jax.random.key(0), user_dp=True, local_steps=None
+            RunConfig.from_mapping(cfg),
+            population=20,
+            seed_key=jax.random.key(0),
+            user_dp=True,
+            local_steps=None,
         )
     spec = edge_lib.build_edge(
-        cfg, population=20, seed_key=jax.random.key(0), user_dp=False, local_steps=7
+        RunConfig.from_mapping(cfg),
+        population=20,
+        seed_key=jax.random.key(0),
+        user_dp=False,
+        local_steps=7,
     )
     assert spec.tau_eff is None  # data-dependent without DP
 

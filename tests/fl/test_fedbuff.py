@@ -15,6 +15,7 @@ from fedpriv.errors import ConfigError
 from fedpriv.fl import experiment, fedbuff, loop
 from fedpriv.fl.fedbuff import DelayModel, simulate, staleness_weight, sync_round_times
 from fedpriv.fl.round import RoundInputs
+from fedpriv.settings import RunConfig
 from tests.audit import runs
 from tests.conftest import run_cli
 
@@ -115,8 +116,10 @@ def test_concurrency_k_and_no_delay_spread_is_the_synchronous_round():
         "async.delay.distribution=constant",
         "async.accounting=uniform_subset",
     )
-    fb = fedbuff.build(cfg)
-    sync = experiment.build({**cfg, "async": {"name": "none"}})  # fixed cohorts of 5, same plan
+    fb = fedbuff.build(RunConfig.from_mapping(cfg))
+    sync = experiment.build(
+        RunConfig.from_mapping({**cfg, "async": {"name": "none"}})
+    )  # fixed cohorts of 5, same plan
     assert np.all(fb.schedule.staleness == 0)
     state, sync_state = fb.state, sync.state
     for t in range(4):
@@ -142,7 +145,7 @@ def test_concurrency_k_and_no_delay_spread_is_the_synchronous_round():
 def test_a_stale_arrival_trains_from_its_own_version():
     """Two arrivals of the same client from different versions give different updates."""
     cfg = _cfg("rounds=3", "async=fedbuff", "async.buffer_size=4", "async.concurrency=8")
-    fb = fedbuff.build(cfg)
+    fb = fedbuff.build(RunConfig.from_mapping(cfg))
     state = fb.state
     for t in (1, 2):
         state, _ = fb.step(state, fb.inputs(t), fb.key(t))
@@ -175,7 +178,7 @@ def test_run_writes_staleness_metrics_and_one_event_per_server_step(tmp_path, mo
         "async.delay.stragglers=0.2",
         f"async.accounting={mode}",
     )
-    summary = loop.run(cfg, tmp_path, progress=False)
+    summary = loop.run(RunConfig.from_mapping(cfg), tmp_path, progress=False)
     metrics = _records(tmp_path / "metrics.jsonl")
     ledger = _records(tmp_path / "ledger.jsonl")
     assert [m["round"] for m in metrics] == list(range(1, 7))
@@ -212,13 +215,13 @@ def test_runs_are_deterministic_and_resume_exactly_after_sigterm(tmp_path):
         "checkpoint.keep=null",
         "checkpoint.every=0",
     )
-    loop.run(cfg, tmp_path / "a", progress=False)
-    loop.run(cfg, tmp_path / "b", progress=False)
+    loop.run(RunConfig.from_mapping(cfg), tmp_path / "a", progress=False)
+    loop.run(RunConfig.from_mapping(cfg), tmp_path / "b", progress=False)
     assert runs.without_seconds(_records(tmp_path / "a" / "metrics.jsonl")) == runs.without_seconds(
         _records(tmp_path / "b" / "metrics.jsonl")
     )
 
-    exp = fedbuff.build(cfg)
+    exp = fedbuff.build(RunConfig.from_mapping(cfg))
     step = exp.step
 
     def step_then_sigterm(state, inputs, key):
@@ -228,12 +231,14 @@ def test_runs_are_deterministic_and_resume_exactly_after_sigterm(tmp_path):
         return out
 
     exp.step = step_then_sigterm
-    settings = loop.RunSettings.from_config(cfg)
+    settings = loop.RunSettings.from_run(RunConfig.from_mapping(cfg))
     with pytest.raises(loop.Interrupted) as stop:
         loop.drive(exp, settings, tmp_path / "c", cfg, progress=False)
     assert stop.value.round == 2 and (tmp_path / "c" / "checkpoints" / "2").is_dir()
     assert len(_records(tmp_path / "c" / "ledger.jsonl")) == 2
-    summary = loop.run({**cfg, "resume": True}, tmp_path / "c", progress=False)
+    summary = loop.run(
+        RunConfig.from_mapping({**cfg, "resume": True}), tmp_path / "c", progress=False
+    )
     assert summary["resumed_from"] == 2 and summary["replayed_rounds"] == 0
     assert (
         summary["epsilon"] == json.loads((tmp_path / "a" / "summary.json").read_text())["epsilon"]
@@ -257,15 +262,21 @@ def test_fedbuff_reaches_synchronous_accuracy_at_equal_server_steps(tmp_path):
         "rounds=80",
         "eval_every=80",
     )
-    sync = loop.run(_cfg(*common, "sampling.cohort_size=10"), tmp_path / "sync", progress=False)
+    sync = loop.run(
+        RunConfig.from_mapping(_cfg(*common, "sampling.cohort_size=10")),
+        tmp_path / "sync",
+        progress=False,
+    )
     fb = loop.run(
-        _cfg(
-            *common,
-            "async=fedbuff",
-            "async.buffer_size=10",
-            "async.concurrency=20",
-            "async.delay.stragglers=0.2",
-            "async.delay.slowdown=5",
+        RunConfig.from_mapping(
+            _cfg(
+                *common,
+                "async=fedbuff",
+                "async.buffer_size=10",
+                "async.concurrency=20",
+                "async.delay.stragglers=0.2",
+                "async.delay.slowdown=5",
+            )
         ),
         tmp_path / "fedbuff",
         progress=False,

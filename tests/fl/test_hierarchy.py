@@ -25,6 +25,7 @@ from fedpriv.fl.round import init_server_state, make_round
 from fedpriv.fl.sampling import FixedCohort, PoissonCohort
 from fedpriv.fl.server import server_optimizer
 from fedpriv.privacy.aggregators import dp_fedavg
+from fedpriv.settings import RunConfig
 from tests.audit import runs
 from tests.conftest import run_cli
 
@@ -120,8 +121,10 @@ def test_secure_aggregation_per_gateway_equals_flat_bit_for_bit():
         "privacy.noise_multiplier=0.5",
         "secagg=fast",
     )
-    exp_flat = experiment.build(cfg)
-    exp_tier = experiment.build({**cfg, "hierarchy": {"name": "gateways", "gateways": 4}})
+    exp_flat = experiment.build(RunConfig.from_mapping(cfg))
+    exp_tier = experiment.build(
+        RunConfig.from_mapping({**cfg, "hierarchy": {"name": "gateways", "gateways": 4}})
+    )
     batch = exp_flat.cohort(1)
     key = exp_flat.round_key(1)
     s1, m1 = exp_flat.round_fn(exp_flat.state, batch, key)
@@ -260,7 +263,7 @@ def test_gateway_level_run_writes_a_gateway_ledger(tmp_path):
         "privacy.noise_multiplier=1.0",
         "progress=false",
     )
-    summary = loop.run(cfg, tmp_path, progress=False)
+    summary = loop.run(RunConfig.from_mapping(cfg), tmp_path, progress=False)
     ledger = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
     metrics = runs.metrics(tmp_path / "metrics.jsonl")
     assert len(ledger) == cfg["rounds"]
@@ -278,9 +281,9 @@ def test_gateway_level_run_writes_a_gateway_ledger(tmp_path):
 
 def test_client_level_run_ledger_equals_flat(tmp_path):
     common = ("privacy=user_dp", "privacy.target_epsilon=null", "privacy.noise_multiplier=1.0")
-    flat = loop.run(_cfg(*common), tmp_path / "flat", progress=False)
+    flat = loop.run(RunConfig.from_mapping(_cfg(*common)), tmp_path / "flat", progress=False)
     tier = loop.run(
-        _cfg(*common, "hierarchy=gateways", "hierarchy.gateways=3"),
+        RunConfig.from_mapping(_cfg(*common, "hierarchy=gateways", "hierarchy.gateways=3")),
         tmp_path / "tier",
         progress=False,
     )

@@ -13,8 +13,11 @@ from fedpriv.fl.client import make_client_update
 from fedpriv.fl.lowrank import choose_path, dense_layers, make_lowrank_cohort_sums
 from fedpriv.fl.round import init_server_state, make_round
 from fedpriv.privacy import dp_fedavg
+from fedpriv.settings import LocalTraining
 
 from .helpers import cohort, toy_population
+
+SGD = LocalTraining(optimizer="sgd")
 
 
 def _flat(tree):
@@ -75,12 +78,14 @@ def test_lowrank_refuses_where_it_does_not_apply():
     model = models.build("cnn", 10)
     params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
     with pytest.raises(ConfigError, match="dense layers"):
-        choose_path("lowrank", params, {"optimizer": "sgd"}, weighted_mean(), False)
+        choose_path("lowrank", params, SGD, weighted_mean(), False)
     mlp = models.build("mlp", 10)
     p2 = mlp.init(jax.random.key(0), jnp.zeros((1, 64)))
     with pytest.raises(ConfigError, match="plain SGD"):
-        choose_path("lowrank", p2, {"optimizer": "sgd", "momentum": 0.9}, weighted_mean(), False)
+        choose_path(
+            "lowrank", p2, LocalTraining(optimizer="sgd", momentum=0.9), weighted_mean(), False
+        )
     with pytest.raises(ConfigError, match="per-layer"):
-        choose_path("lowrank", p2, {"optimizer": "sgd"}, dp_fedavg(1, 1, 1, per_layer=True), False)
-    assert choose_path("lowrank", p2, {"optimizer": "sgd"}, weighted_mean(), False) == "lowrank"
-    assert choose_path("auto", p2, {"optimizer": "sgd"}, weighted_mean(), False) == "direct"
+        choose_path("lowrank", p2, SGD, dp_fedavg(1, 1, 1, per_layer=True), False)
+    assert choose_path("lowrank", p2, SGD, weighted_mean(), False) == "lowrank"
+    assert choose_path("auto", p2, SGD, weighted_mean(), False) == "direct"

@@ -198,14 +198,14 @@ def test_optax_chain_as_client_optimizer():
 
 def test_server_momentum_zero_is_plain_sgd():
     """A zero server momentum is kept (not replaced by the 0.9 default)."""
-    from fedpriv.fl.server import server_optimizer_from_config
+    from fedpriv.settings import algorithm_from_block
 
     params = {"w": jnp.zeros(3)}
     grad = {"w": jnp.ones(3)}
     for momentum, second_step in ((0.0, -1.0), (None, -1.9)):
-        opt = server_optimizer_from_config(
+        opt = algorithm_from_block(
             {"name": "fedavgm", "server_lr": 1.0, "server_momentum": momentum}
-        )
+        ).server_optimizer()
         state = opt.init(params)
         _, state = opt.update(grad, state, params)
         update, _ = opt.update(grad, state, params)

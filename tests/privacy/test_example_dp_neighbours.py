@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from fedpriv.settings import RunConfig
 from tests.audit import runs
 
 #: The run on each data set: one client, one round of example-level DP-SGD, much noise
@@ -76,7 +77,9 @@ def _release(tmp_path, name, n, seed, local=()):
     run_dir = tmp_path / name
     overrides = (*OVERRIDES, *local, f"dataset.path={data}", f"seed={seed}")
     runs.train(run_dir, *overrides)
-    initial = experiment.build(runs.compose(*runs.DEBUG, *overrides)).initial_params
+    initial = experiment.build(
+        RunConfig.from_mapping(runs.compose(*runs.DEBUG, *overrides))
+    ).initial_params
     final = checkpoint.load_final_params(run_dir)
     start = checkpoint.flatten(initial)
     assert sorted(final) == sorted(start)
@@ -127,11 +130,12 @@ def test_example_dp_server_weights_ignore_example_counts():
 
     from fedpriv.fl.sampling import build_sampler
     from fedpriv.privacy.plan import build_plan
+    from fedpriv.settings import LocalTraining
 
     plan = build_plan(
         {"name": "example_dp", "noise_multiplier": 1.0, "example_sampling_rate": 0.5},
         build_sampler("fixed", 10, 2, None),
-        {"batch_size": 2, "epochs": 1},
+        LocalTraining(batch_size=2, epochs=1),
         rounds=1,
     )
     agg = plan.aggregator("count")

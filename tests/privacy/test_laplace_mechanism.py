@@ -22,6 +22,7 @@ from fedpriv.fl.sampling import build_sampler
 from fedpriv.privacy import mechanisms
 from fedpriv.privacy.mechanisms.user_dp_laplace import LaplaceDpFedAvg, laplace_fedavg
 from fedpriv.privacy.plan import build_plan
+from fedpriv.settings import LocalTraining
 from tests.conftest import REPO, run_cli
 
 ZERO_TREE = {"w": jnp.zeros((200, 100)), "b": jnp.zeros((50,))}
@@ -190,7 +191,9 @@ def test_a_bad_record_names_the_field():
 
 def _plan(**privacy):
     cfg = {"name": "user_dp_laplace", **privacy}
-    return build_plan(cfg, build_sampler("fixed", 20, 5, None), {"batch_size": 2}, rounds=3)
+    return build_plan(
+        cfg, build_sampler("fixed", 20, 5, None), LocalTraining(batch_size=2), rounds=3
+    )
 
 
 def test_calibration_is_one_sided():
@@ -215,7 +218,7 @@ def test_config_errors_name_the_privacy_field():
     assert err.value.field == "privacy.accountant"
     poisson = build_sampler("poisson", 20, None, 0.5)
     with pytest.raises(ConfigError) as err:
-        build_plan({"name": "user_dp_laplace", "noise_multiplier": 1.0}, poisson, {}, rounds=1)
+        build_plan({"name": "user_dp_laplace", "noise_multiplier": 1.0}, poisson, rounds=1)
     assert err.value.field == "privacy.accountant" and "pld" in err.value.message
     with pytest.raises(ValueError, match="clip_norm must be > 0"):
         laplace_fedavg(-1.0, 1.0, 1.0)

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from fedpriv.settings import RunConfig
 from tests.audit import runs
 
 OVERRIDES = (
@@ -43,7 +44,7 @@ def _rebuilt_noise(run_dir):
     round_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 3), 1)
     agg_key = jax.random.split(round_key)[1]
     update_key = jax.random.split(agg_key)[0]  # DP-FedAvg: the update sum's noise
-    initial = experiment.build(cfg).initial_params
+    initial = experiment.build(RunConfig.from_mapping(cfg)).initial_params
     z, c = cfg["privacy"]["noise_multiplier"], cfg["privacy"]["clip_norm"]
     m = cfg["sampling"]["cohort_size"]
     noise = gaussian_like(initial, z * c, update_key)

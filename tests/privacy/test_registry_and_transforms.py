@@ -23,6 +23,7 @@ from fedpriv.privacy.aggregators import (
     mean,
 )
 from fedpriv.privacy.plan import build_plan
+from fedpriv.settings import LocalTraining
 from tests.conftest import REPO
 
 CONF = REPO / "fedpriv" / "conf" / "privacy"
@@ -94,7 +95,7 @@ def test_build_plan_dispatches_through_the_registry():
         if name == "distributed_dp":
             continue  # needs secure aggregation; covered by the secagg tests
         block = {"name": name, "noise_multiplier": 1.0, "example_sampling_rate": 0.5}
-        plan = build_plan(block, sampler, {"batch_size": 2, "epochs": 1}, rounds=2)
+        plan = build_plan(block, sampler, LocalTraining(batch_size=2, epochs=1), rounds=2)
         assert plan.mechanism is mechanisms.get(name) and plan.name == name
         assert plan.is_private == (name != "none")
 

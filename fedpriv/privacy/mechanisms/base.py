@@ -44,6 +44,7 @@ from fedpriv.fl.aggregators import WEIGHTINGS, Aggregator
 from fedpriv.fl.client import make_client_update
 from fedpriv.groups import ConfigGroup
 from fedpriv.privacy.secagg.fast import secure_aggregator, with_client_key
+from fedpriv.settings import LocalTraining, SecureAggregation
 
 if TYPE_CHECKING:
     from fedpriv.accounting.events import RoundEvent
@@ -460,15 +461,16 @@ class Mechanism(LedgerKind, ConfigGroup):
         self,
         privacy_cfg: Mapping[str, Any],
         sampler: Any,
-        client_cfg: Mapping[str, Any],
+        client: LocalTraining,
         rounds: int,
-        secagg_cfg: Mapping[str, Any] | None = None,
+        secagg: SecureAggregation,
         num_params: int | None = None,
         *,
         tools: AccountingTools,
     ) -> PrivacyPlan:
-        """The plan of a run (before secure aggregation, which the dispatcher adds);
-        ``tools`` are the accountants to calibrate with.
+        """The plan of a run (before secure aggregation, which the dispatcher adds) from the
+        mechanism's ``privacy`` block; ``client`` and ``secagg`` are the run's resolved
+        groups, ``tools`` the accountants to calibrate with.
 
         Raises:
             ConfigError: a bad setting, naming ``privacy.<field>``.

@@ -117,16 +117,14 @@ class DistributedDp(DistributedKind, DpMechanism):
         choice(privacy_cfg, "amplification", AMPLIFICATIONS, "sampling")
         DpSettings.read(privacy_cfg, self.accountants, strict=True)
 
-    def build(
-        self, privacy_cfg, sampler, client_cfg, rounds, secagg_cfg=None, num_params=None, *, tools
-    ):
+    def build(self, privacy_cfg, sampler, client, rounds, secagg, num_params=None, *, tools):
         """Resolves secure aggregation and the per-client noise.
 
         Raises:
             ConfigError: naming the field of a setting that cannot work.
         """
         base = PrivacyPlan(unit=None, mechanism=self, **plan_common(self.name, sampler, rounds))
-        s = secagg_plan.resolve(base, secagg_cfg or {}, num_params)
+        s = secagg_plan.resolve(base, secagg, num_params)
         if base.sampling != "fixed":
             raise ConfigError(
                 "sampling.kind",

@@ -21,6 +21,7 @@ from fedpriv.fl.aggregators import Aggregator, weighted_mean
 from fedpriv.privacy.dpsgd import make_dpsgd_client_update
 from fedpriv.privacy.mechanisms._gaussian import GaussianSum
 from fedpriv.privacy.mechanisms._registry import register
+from fedpriv.settings import LocalTraining
 
 if TYPE_CHECKING:
     from fedpriv.accounting.events import RoundEvent
@@ -33,9 +34,7 @@ from fedpriv.privacy.mechanisms.base import (
 )
 
 
-def example_sampling(
-    privacy_cfg: Mapping[str, Any], client_cfg: Mapping[str, Any]
-) -> dict[str, Any]:
+def example_sampling(privacy_cfg: Mapping[str, Any], client: LocalTraining) -> dict[str, Any]:
     """Rate, divisor and steps of example-level DP-SGD, from public configuration only.
 
     The rate q is ``privacy.example_sampling_rate`` or, with a declared cap
@@ -47,9 +46,9 @@ def example_sampling(
     Raises:
         ConfigError: neither a rate nor a cap is declared, or the rate is outside (0, 1].
     """
-    batch = int(client_cfg["batch_size"])
+    batch = int(client.batch_size)
     rate = number(privacy_cfg, "example_sampling_rate", low=0, high=1, low_open=True)
-    cap = client_cfg.get("max_examples")
+    cap = client.max_examples
     if rate is None:
         if cap is None:
             raise ConfigError(
@@ -68,7 +67,7 @@ def example_sampling(
     return {
         "example_sampling_rate": float(rate),
         "expected_batch_size": float(batch),
-        "steps": int(client_cfg["epochs"]) * math.ceil(1.0 / rate),
+        "steps": int(client.epochs) * math.ceil(1.0 / rate),
     }
 
 
@@ -98,9 +97,7 @@ class ExampleDpSgd(GaussianSum):
         DpSettings.read(privacy_cfg, self.accountants, strict=True)
         number(privacy_cfg, "example_sampling_rate", low=0, high=1, low_open=True)
 
-    def build(
-        self, privacy_cfg, sampler, client_cfg, rounds, secagg_cfg=None, num_params=None, *, tools
-    ):
+    def build(self, privacy_cfg, sampler, client, rounds, secagg, num_params=None, *, tools):
         settings = DpSettings.read(privacy_cfg, self.accountants)
         plan = PrivacyPlan(
             unit=self.unit,
@@ -109,7 +106,7 @@ class ExampleDpSgd(GaussianSum):
             accountant=settings.accountant,
             mechanism=self,
             **plan_common(self.name, sampler, rounds),
-            **example_sampling(privacy_cfg, client_cfg),
+            **example_sampling(privacy_cfg, client),
         )
         # The default delta is below 1/(number of examples): the examples that the declared
         # rate and batch size describe, population * B / q, a public number (the loaded

@@ -26,9 +26,7 @@ class NoPrivacy(Mechanism):
     def validate(self, privacy_cfg: Mapping[str, Any]) -> None:
         return None
 
-    def build(
-        self, privacy_cfg, sampler, client_cfg, rounds, secagg_cfg=None, num_params=None, *, tools
-    ):
+    def build(self, privacy_cfg, sampler, client, rounds, secagg, num_params=None, *, tools):
         return PrivacyPlan(unit=None, mechanism=self, **plan_common(self.name, sampler, rounds))
 
     def aggregator(self, plan: PrivacyPlan, weighting: str, key: Any, params: Any) -> Aggregator:

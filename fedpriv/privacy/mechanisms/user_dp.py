@@ -74,9 +74,7 @@ class DpFedAvg(GaussianSum):
         """Hook: the plan after calibration."""
         return plan
 
-    def build(
-        self, privacy_cfg, sampler, client_cfg, rounds, secagg_cfg=None, num_params=None, *, tools
-    ):
+    def build(self, privacy_cfg, sampler, client, rounds, secagg, num_params=None, *, tools):
         settings = DpSettings.read(privacy_cfg, self.accountants)
         plan = PrivacyPlan(
             unit=self.unit,

@@ -189,9 +189,7 @@ class LaplaceDpFedAvg(DpMechanism):
     def validate(self, privacy_cfg: Mapping[str, Any]) -> None:
         DpSettings.read(privacy_cfg, self.accountants, strict=True)
 
-    def build(
-        self, privacy_cfg, sampler, client_cfg, rounds, secagg_cfg=None, num_params=None, *, tools
-    ):
+    def build(self, privacy_cfg, sampler, client, rounds, secagg, num_params=None, *, tools):
         """The plan; with a target epsilon the noise is calibrated on the planned ledger.
 
         Raises:

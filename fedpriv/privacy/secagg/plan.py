@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any
 
 from fedpriv.errors import ConfigError
@@ -25,10 +24,10 @@ from fedpriv.privacy.secagg.quantize import (
     auto_scale,
     padded_dim,
 )
+from fedpriv.settings import SecureAggregation
 
 
-def _opt(cfg: Mapping[str, Any], key: str, default: Any) -> Any:
-    value = cfg.get(key, default)
+def _opt(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
@@ -62,7 +61,7 @@ class SecAggSettings:
 
 def resolve(
     base: PrivacyPlan,
-    secagg_cfg: Mapping[str, Any],
+    secagg: SecureAggregation,
     num_params: int | None,
 ) -> SecAggSettings:
     """Checks the ``secagg`` group for ``base``'s cohort and sizes the ring.
@@ -71,7 +70,7 @@ def resolve(
         ConfigError: naming the field of a setting that cannot work.
         ValueError: no ``num_params``.
     """
-    mode = str(_opt(secagg_cfg, "mode", "none"))
+    mode = str(_opt(secagg.mode, "none"))
     if mode not in MODES:
         raise ConfigError("secagg.mode", f"unknown mode {mode!r}; choose from {list(MODES)}")
     if mode == "none":
@@ -81,27 +80,27 @@ def resolve(
         )
     if num_params is None:
         raise ValueError("secure aggregation needs the number of model parameters")
-    bits = int(_opt(secagg_cfg, "bits", 20))
+    bits = int(_opt(secagg.bits, 20))
     if not MIN_BITS <= bits <= MAX_BITS:
         raise ConfigError("secagg.bits", f"must be in [{MIN_BITS}, {MAX_BITS}], got {bits}")
-    masks = str(_opt(secagg_cfg, "masks", "verify"))
+    masks = str(_opt(secagg.masks, "verify"))
     if masks not in MASK_MODES:
         raise ConfigError(
             "secagg.masks", f"unknown value {masks!r}; choose from {list(MASK_MODES)}"
         )
-    rotation = bool(_opt(secagg_cfg, "rotation", True))
-    rounding = str(_opt(secagg_cfg, "rounding", "hash"))
+    rotation = bool(_opt(secagg.rotation, True))
+    rounding = str(_opt(secagg.rounding, "hash"))
     if rounding not in ROUNDING_RNGS:
         raise ConfigError(
             "secagg.rounding", f"unknown value {rounding!r}; choose from {list(ROUNDING_RNGS)}"
         )
-    neighbours = secagg_cfg.get("neighbours")
-    dropout = float(_opt(secagg_cfg, "dropout", 0.0))
-    late = float(_opt(secagg_cfg, "late_dropout", 0.0))
+    neighbours = secagg.neighbours
+    dropout = float(_opt(secagg.dropout, 0.0))
+    late = float(_opt(secagg.late_dropout, 0.0))
     dim = padded_dim(num_params)
     m = max(int(math.ceil(base.expected_cohort)), 1)
     k = graph.degree(m, None if neighbours is None else int(neighbours))
-    threshold = secagg_cfg.get("threshold")
+    threshold = secagg.threshold
     if threshold is not None and int(threshold) > m:
         raise ConfigError(
             "secagg.threshold", f"must be at most the cohort size {m}, got {int(threshold)}"
@@ -111,7 +110,7 @@ def resolve(
         if m < 2:
             raise ConfigError("sampling.cohort_size", "secure aggregation needs at least 2 clients")
         t = check_threshold(default_threshold(k) if threshold is None else int(threshold), k)
-    explicit_scale = secagg_cfg.get("scale")
+    explicit_scale = secagg.scale
     if explicit_scale is not None and not float(explicit_scale) > 0:
         raise ConfigError("secagg.scale", f"must be > 0, got {explicit_scale}")
     common = dict(
@@ -144,14 +143,14 @@ def resolve(
 
 def build_secure_plan(
     base: PrivacyPlan,
-    secagg_cfg: Mapping[str, Any],
+    secagg: SecureAggregation,
     num_params: int | None,
 ) -> PrivacyPlan:
     """Adds secure aggregation of plain (or centrally noised) sums to a privacy plan.
 
     Args:
         base: the plan without secure aggregation.
-        secagg_cfg: the ``secagg`` group.
+        secagg: the ``secagg`` group.
         num_params: number of model parameters.
 
     Raises:
@@ -162,8 +161,8 @@ def build_secure_plan(
         base plan's (the ring's rounding of clipped updates does not change their bound:
         the scale keeps the sum of ``m`` updates of norm ``C`` inside the ring).
     """
-    s = resolve(base, secagg_cfg, num_params)
-    bound = base.clip_norm if base.unit == "user" else float(_opt(secagg_cfg, "bound", 1000.0))
+    s = resolve(base, secagg, num_params)
+    bound = base.clip_norm if base.unit == "user" else float(_opt(secagg.bound, 1000.0))
     scale = (
         s.explicit_scale
         if s.explicit_scale is not None
