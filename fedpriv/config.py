@@ -25,7 +25,7 @@ FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare", 
 MODELS = ("logreg", "mlp", "cnn", "cnn_cifar", "resnet18_gn", "char_lstm")
 ALGORITHMS = tuple(algorithms.by_name())
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
-SAMPLINGS = ("fixed", "poisson")
+SAMPLINGS = ("fixed", "poisson", "cyclic")
 CLIENT_OPTIMIZERS = ("sgd", "adam")
 #: The privacy mechanisms (the registry's names, :mod:`fedpriv.privacy.mechanisms`).
 PRIVACY = tuple(mechanisms.names())
@@ -155,6 +155,13 @@ def validate_secagg(cfg: Mapping[str, Any]) -> None:
             "secagg.mode", f"unknown value {mode!r}; choose from {list(SECAGG_MODES)}"
         )
     privacy = _get(cfg, "privacy.name", "none")
+    allowed = mechanisms.get(privacy).secagg_modes
+    if mode not in allowed:
+        raise ConfigError(
+            "secagg.mode",
+            f"privacy={privacy} runs with {' or '.join(f'secagg={m}' for m in allowed)}, "
+            f"not secagg={mode}",
+        )
     if privacy == "distributed_dp" and mode == "none":
         # The block itself (noise, amplification, accountant) is checked by the mechanism.
         raise ConfigError(
@@ -314,10 +321,25 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
                 f"cohort of {size} is larger than the population (dataset.num_clients="
                 f"{clients}); allowed 1 to {clients}",
             )
+    elif sampling == "cyclic":
+        groups = number(cfg, "sampling.groups", low=1, integer=True)
+        size = number(cfg, "sampling.cohort_size", low=1, integer=True)
+        if clients is not None and size > int(clients) // groups:
+            raise ConfigError(
+                "sampling.cohort_size",
+                f"must be at most the smallest group's size {int(clients) // groups} "
+                f"(dataset.num_clients={clients} in sampling.groups={groups}), got {size}",
+            )
     else:
         number(cfg, "sampling.rate", low=0, high=1, low_open=True)
 
     privacy = choice(cfg, "privacy.name", PRIVACY)
+    if sampling not in mechanisms.get(privacy).samplings:
+        raise ConfigError(
+            "sampling.kind",
+            f"privacy={privacy} is accounted for {list(mechanisms.get(privacy).samplings)} "
+            f"sampling, not {sampling!r}",
+        )
     if _get(cfg, "privacy.release") is not None:
         choice(cfg, "privacy.release", RELEASE_MODES)
     if _get(cfg, "privacy.noise_source") is not None:

@@ -15,6 +15,7 @@ epsilon, as on the command line.
 
 from fedpriv.privacy.mechanisms.base import DpMechanism, Mechanism
 from fedpriv.privacy.mechanisms.distributed_dp import DistributedDp
+from fedpriv.privacy.mechanisms.dp_ftrl import DpFtrl
 from fedpriv.privacy.mechanisms.example_dp import ExampleDpSgd
 from fedpriv.privacy.mechanisms.none import NoPrivacy
 from fedpriv.privacy.mechanisms.user_dp import DpFedAvg
@@ -25,6 +26,7 @@ __all__ = [
     "AdaptiveDpFedAvg",
     "DistributedDp",
     "DpFedAvg",
+    "DpFtrl",
     "DpMechanism",
     "ExampleDpSgd",
     "LaplaceDpFedAvg",

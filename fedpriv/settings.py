@@ -39,6 +39,7 @@ __all__ = [
     "Canaries",
     "Checkpointing",
     "Compute",
+    "Cyclic",
     "Execution",
     "Faults",
     "FixedCohort",
@@ -137,10 +138,42 @@ class FixedCohort(ConfigGroup):
             return sampling_lib.build_sampler("fixed", population, self.cohort_size, None)
 
 
-_SAMPLINGS: dict[str, type[ConfigGroup]] = {"poisson": Poisson, "fixed": FixedCohort}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Cyclic(ConfigGroup):
+    """Cyclic participation: the clients in ``groups`` fixed groups (client ``i`` in group
+    ``i mod groups``), round ``t`` drawing ``cohort_size`` clients of group
+    ``(t - 1) mod groups`` (:class:`fedpriv.fl.sampling.CyclicCohorts`). Each client takes
+    part at most every ``groups``-th round, the pattern correlated-noise mechanisms
+    (``privacy=dp_ftrl``) compute their sensitivity for."""
+
+    group = "sampling"
+    preset = "cyclic"
+    preset_key = "kind"
+    kind: ClassVar[str] = "cyclic"
+
+    groups: int | None = None
+    cohort_size: int | None = None
+
+    def sampler(self, population: int) -> sampling_lib.CyclicCohorts:
+        """The sampler over ``population`` clients.
+
+        Raises:
+            ConfigError: naming ``sampling.groups`` or ``sampling.cohort_size``.
+        """
+        with config_fields(sampling_lib.SAMPLING_FIELDS):
+            return sampling_lib.build_sampler(
+                "cyclic", population, self.cohort_size, None, self.groups
+            )
 
 
-def sampling_from_block(block: Mapping[str, Any]) -> Poisson | FixedCohort:
+_SAMPLINGS: dict[str, type[ConfigGroup]] = {
+    "poisson": Poisson,
+    "fixed": FixedCohort,
+    "cyclic": Cyclic,
+}
+
+
+def sampling_from_block(block: Mapping[str, Any]) -> Poisson | FixedCohort | Cyclic:
     """The sampling a ``sampling`` block describes (its ``kind``).
 
     Raises:
@@ -381,7 +414,7 @@ class RunConfig:
     model: Model
     algorithm: algorithms.Algorithm
     client: LocalTraining
-    sampling: Poisson | FixedCohort
+    sampling: Poisson | FixedCohort | Cyclic
     execution: Execution
     secagg: SecureAggregation
     availability: Availability

@@ -15,6 +15,7 @@ from fedpriv.settings import (
     Asynchronous,
     Availability,
     Compute,
+    Cyclic,
     Execution,
     FixedCohort,
     Hierarchy,
@@ -67,7 +68,7 @@ def test_a_preset_key_the_file_lacks_is_none_and_the_file_keys_are_the_group_key
 
 
 def test_typed_choices_of_sampling_and_algorithm():
-    assert group_classes("sampling") == [Poisson, FixedCohort]
+    assert group_classes("sampling") == [Poisson, FixedCohort, Cyclic]
     assert set(algorithms.by_name()) == {
         "fedavg",
         "fedavgm",
@@ -76,9 +77,10 @@ def test_typed_choices_of_sampling_and_algorithm():
         "fedprox",
         "fednova",
     }
-    assert sampling_from_block({"kind": "fixed"}).cohort_size == conf.preset("sampling", "fixed")[
-        "cohort_size"
-    ]
+    assert (
+        sampling_from_block({"kind": "fixed"}).cohort_size
+        == conf.preset("sampling", "fixed")["cohort_size"]
+    )
 
 
 def test_unknown_keys_are_refused_and_a_sibling_choices_key_is_left_out():

@@ -49,12 +49,16 @@ def population(num_clients: int, seed: int = 0) -> PopulationStore:
     return PopulationStore.from_assignment(x, y, client_of, CLASSES, "synthetic-mnist")
 
 
-def fedpriv_round(cohort: int, dp: bool, chunk_size, devices=1, path="direct"):
+def fedpriv_round(cohort: int, dp: bool, chunk_size, devices=1, path="direct", aggregator=None):
+    """``(jitted round, server state, execution plan)`` of the workload; ``aggregator``
+    (a function of the model's parameters) replaces DP-FedAvg's or FedAvg's."""
     model = models.build("mlp", CLASSES, hidden=(200, 200))
     params = model.init(jax.random.key(0), jnp.zeros((1, DIM)))
     apply_fn = lambda p, x: model.apply(p, x.astype(jnp.float32) * (1.0 / 255.0))
     cu = make_client_update(apply_fn, optax.sgd(LR), 1, BATCH, N_EXAMPLES)
     agg = dp_fedavg(1.0, 1.0, float(cohort)) if dp else weighted_mean()
+    if aggregator is not None:
+        agg = aggregator(params)
     sopt = optax.sgd(1.0)
     num_params = sum(p.size for p in jax.tree.leaves(params))
     plan = planner.plan(cohort, num_params, DIM, N_EXAMPLES, chunk_size, num_devices=devices)

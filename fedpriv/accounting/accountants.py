@@ -86,7 +86,8 @@ def _opacus_history(groups: Sequence[tuple[RoundEvent, int]]) -> list[tuple[floa
     history = []
     for ev, count in groups:
         z, q, steps = ev.opacus_steps()
-        history.append((z, q, steps * count))
+        if steps:  # a round that releases nothing new (steps 0) adds no history
+            history.append((z, q, steps * count))
     return history
 
 

@@ -105,7 +105,7 @@ LEDGER_FORMAT = 1
 UNITS: tuple[str, ...] = ("user", "example", "gateway")
 #: Units accounted like user-level DP (one clipped contribution per unit per round).
 _USER_LIKE: tuple[str, ...] = ("user", "gateway")
-SAMPLINGS: tuple[str, ...] = ("poisson", "fixed", "full")
+SAMPLINGS: tuple[str, ...] = ("poisson", "fixed", "full", "cyclic")
 DISTRIBUTED_MECHANISMS: tuple[str, ...] = ("skellam", "discrete_gaussian")
 #: Accounting of the sampling of a distributed-DP round (see the module docstring).
 AMPLIFICATIONS: tuple[str, ...] = ("none", "sampling")
@@ -121,6 +121,16 @@ _DISTRIBUTED_FIELDS: tuple[str, ...] = (
 )
 #: Optional fields of distributed-DP rounds (omitted from the JSON when unset).
 _DISTRIBUTED_OPTIONAL: tuple[str, ...] = ("amplification",)
+#: Fields of correlated-noise (matrix mechanism) rounds only, ``mechanism: gaussian_mf``
+#: (:mod:`fedpriv.privacy.mechanisms.dp_ftrl`); omitted from the JSON of other records.
+_MF_FIELDS: tuple[str, ...] = (
+    "strategy",
+    "strategy_digest",
+    "min_separation",
+    "max_participations",
+    "run_sensitivity",
+    "sensitivity_increment",
+)
 
 #: Neighbouring relations, as names used in messages.
 ADD_REMOVE = "add/remove-one"
@@ -149,6 +159,7 @@ _FIELDS: tuple[str, ...] = (
     "count_noise_std",
     *_DISTRIBUTED_FIELDS,
     *_DISTRIBUTED_OPTIONAL,
+    *_MF_FIELDS,
     "replay",
 )
 _REQUIRED: tuple[str, ...] = (
@@ -201,6 +212,9 @@ class RoundEvent:
             l2_sensitivity: distributed DP only (see the module docstring).
         amplification: distributed DP only: ``"sampling"`` to account fixed cohorts with
             amplification by sampling without replacement; unset means ``"none"``.
+        strategy, strategy_digest, min_separation, max_participations, run_sensitivity,
+            sensitivity_increment: correlated noise (``mechanism: gaussian_mf``) only; see
+            :mod:`fedpriv.privacy.mechanisms.dp_ftrl`.
         mechanism: ``"gaussian"``, ``"skellam"`` or ``"discrete_gaussian"``.
         format: Ledger format, 1.
         replay: True when the round ran again after a resume because its earlier run came
@@ -232,6 +246,12 @@ class RoundEvent:
     l1_sensitivity: float | None = None
     l2_sensitivity: float | None = None
     amplification: str | None = None
+    strategy: str | None = None
+    strategy_digest: str | None = None
+    min_separation: int | None = None
+    max_participations: int | None = None
+    run_sensitivity: float | None = None
+    sensitivity_increment: float | None = None
     mechanism: str = "gaussian"
     format: int = LEDGER_FORMAT
     replay: bool = False
@@ -270,6 +290,12 @@ class RoundEvent:
         self._check_sampling(put)
         self._check_unit(put)
         self._check_distributed(put)
+        if self.mechanism != "gaussian_mf":
+            for name in _MF_FIELDS:
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        name, f"is only for correlated noise (gaussian_mf), not {self.mechanism!r}"
+                    )
         # The mechanism that wrote the record checks what its fields must satisfy together.
         mechanism_of(self).check_record(self)
 
@@ -349,6 +375,19 @@ class RoundEvent:
                         f"is {rate!r} but cohort_size / population = {m / self.population!r}",
                     )
                 put("sampling_rate", rate)
+        elif self.sampling == "cyclic":
+            for name in ("population", "cohort_size"):
+                if getattr(self, name) is None:
+                    raise ConfigError(name, "is required for sampling='cyclic'")
+            m = _checks.integer("cohort_size", self.cohort_size, 1)
+            if m > self.population:
+                raise ConfigError(
+                    "cohort_size",
+                    f"must be <= population ({self.population}) for sampling='cyclic', got {m}",
+                )
+            put("cohort_size", m)
+            if self.sampling_rate is not None:
+                put("sampling_rate", _checks.probability("sampling_rate", self.sampling_rate))
         else:  # full participation
             if self.sampling_rate is not None:
                 rate = _checks.probability("sampling_rate", self.sampling_rate)
@@ -414,7 +453,7 @@ class RoundEvent:
         if not self.is_distributed:
             for name in _DISTRIBUTED_FIELDS:
                 del out[name]
-        for name in _DISTRIBUTED_OPTIONAL:
+        for name in (*_DISTRIBUTED_OPTIONAL, *_MF_FIELDS):
             if out[name] is None:
                 del out[name]
         if not out["replay"]:

@@ -401,7 +401,7 @@ def replay_last_round(run: RunFiles) -> RoundReplay:
     sampling_key = jax.random.fold_in(jax.random.fold_in(root, PURPOSE_SAMPLING), last)
     round_key = jax.random.fold_in(jax.random.fold_in(root, PURPOSE_ROUND), last)
     client_key, _ = jax.random.split(round_key)
-    ids, mask = exp.sampler.sample(sampling_key)
+    ids, mask = exp.sampler.sample(sampling_key, last)
     cohort = np.asarray(ids)[np.asarray(mask, bool)]
     batch = exp.data.train.gather(cohort, np.ones(len(cohort), bool), exp.n_cap)
 

@@ -6,6 +6,12 @@ Examples::
     fedpriv-account --target-epsilon 2 --population 1000 --cohort 10 --rounds 1000
     fedpriv-account --noise-multiplier 1.0 --steps 10 --example-sampling-rate 0.05 \\
         --rounds 100 --delta 1e-6 --json
+    fedpriv-account --target-epsilon 4 --strategy banded --bands 4 --min-separation 10 \\
+        --rounds 100 --delta 1e-5
+
+With ``--strategy`` the plan is correlated noise (``privacy=dp_ftrl``): the strategy optimised
+for the rounds, a client taking part at least ``--min-separation`` rounds apart and at most
+``--max-participations`` times (default ``ceil(rounds / min_separation)``), no amplification.
 
 Without ``--accountant`` every accountant that supports the plan is used (fixed-size cohorts:
 ``rdp`` only). ``--json`` prints one JSON object ``{accountant: number}`` (``null`` for an
@@ -15,6 +21,7 @@ infinite epsilon). Bad values exit with status 2 and one line naming the flag.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -25,6 +32,8 @@ from typing import Any
 
 from fedpriv import accounting, expose_cpu_devices
 from fedpriv.errors import ConfigError, exit_on_config_error
+from fedpriv.fl.sampling import Participation
+from fedpriv.privacy.mechanisms import dp_ftrl
 
 # API argument / ledger field -> the flag that sets it.
 _FLAGS = {
@@ -39,6 +48,10 @@ _FLAGS = {
     "steps": "--steps",
     "example_sampling_rate": "--example-sampling-rate",
     "max_noise": "--max-noise",
+    "strategy": "--strategy",
+    "privacy.strategy": "--strategy",
+    "privacy.bands": "--bands",
+    "privacy.buffers": "--buffers",
 }
 
 
@@ -100,8 +113,99 @@ def _parser() -> argparse.ArgumentParser:
         metavar="Z",
         help="largest noise multiplier searched with --target-epsilon (default %(default)g)",
     )
+    p.add_argument(
+        "--strategy",
+        metavar="S",
+        help="correlated noise (privacy=dp_ftrl): independent, banded or blt",
+    )
+    p.add_argument("--bands", type=int, default=4, metavar="B", help="banded: bands (4)")
+    p.add_argument("--buffers", type=int, default=3, metavar="K", help="blt: buffers (3)")
+    p.add_argument(
+        "--min-separation",
+        type=int,
+        default=1,
+        metavar="S",
+        help="with --strategy: rounds between two participations of a client (1: any round)",
+    )
+    p.add_argument(
+        "--max-participations",
+        type=int,
+        metavar="K",
+        help="with --strategy: participations per client (default ceil(rounds / S))",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
+
+
+def _run_correlated(args: argparse.Namespace) -> dict[str, float]:
+    """``--strategy``: epsilon or the calibrated noise of correlated-noise rounds."""
+    for flag, value in (("--sampling-rate", args.sampling_rate), ("--cohort", args.cohort)):
+        if value is not None:
+            raise ConfigError(flag, "cannot be combined with --strategy (no amplification)")
+    rounds = args.rounds
+    if rounds is None or rounds < 1:
+        raise ConfigError("--rounds", f"must be an integer >= 1, got {rounds!r}")
+    sep = args.min_separation
+    if sep < 1 or sep > rounds:
+        raise ConfigError("--min-separation", f"must be in [1, {rounds}], got {sep}")
+    most = math.ceil(rounds / sep)
+    k = most if args.max_participations is None else args.max_participations
+    if not 1 <= k <= most:
+        raise ConfigError("--max-participations", f"must be in [1, {most}], got {k}")
+    for flag, value, high in (("--bands", args.bands, None), ("--buffers", args.buffers, 15)):
+        if value < 1 or (high is not None and value > high):
+            raise ConfigError(flag, f"must be an integer in [1, {high or 'inf'}], got {value}")
+    if args.delta is not None:
+        delta = args.delta
+    elif args.population is not None:
+        delta = accounting.default_delta(args.population)
+    else:
+        raise ConfigError("--delta", "is required unless --population is given")
+    names = list(dp_ftrl.MECHANISM.accountants)
+    if args.accountant is not None:
+        if args.accountant not in names:
+            raise ConfigError("accountant", f"must be one of {', '.join(names)}")
+        names = [args.accountant]
+    plan = dp_ftrl.plan_for(
+        args.strategy,
+        rounds,
+        Participation(sep, k),
+        bands=args.bands,
+        buffers=args.buffers,
+        noise_multiplier=args.noise_multiplier or 1.0,
+        delta=delta,
+    )
+    results: dict[str, float] = {}
+    for name in names:
+        named = dataclasses.replace(plan, accountant=name)
+        if args.target_epsilon is None:
+            records = dp_ftrl.MECHANISM.planned_records(named)
+            results[name] = accounting.epsilon(records, delta, name)
+        else:
+            results[name] = dp_ftrl.calibrate(
+                named, args.target_epsilon, accounting.epsilon, args.max_noise
+            )
+    corr = plan.correlation
+    if args.json:
+        print(json.dumps({k: (None if math.isinf(v) else v) for k, v in results.items()}))
+        return results
+    size = {"banded": f" ({args.bands} bands)", "blt": f" ({args.buffers} buffers)"}
+    quantity = "epsilon" if args.target_epsilon is None else "noise_multiplier"
+    head = (
+        f"noise multiplier {args.noise_multiplier:g}"
+        if args.target_epsilon is None
+        else f"target epsilon {args.target_epsilon:g}"
+    )
+    print(
+        f"{head}; {args.strategy} strategy{size.get(args.strategy, '')}, {rounds} rounds, a "
+        f"client at least {sep} rounds apart and at most {k} times, delta={delta:g} "
+        f"(add/remove one client; no amplification); sensitivity {corr.run_sensitivity:.6g}"
+    )
+    width = max(len("accountant"), *(len(n) for n in results))
+    print(f"{'accountant':<{width}}  {quantity:>16}")
+    for name, value in results.items():
+        print(f"{name:<{width}}  {_format(value):>16}")
+    return results
 
 
 def _plan(args: argparse.Namespace) -> dict[str, Any]:
@@ -170,6 +274,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _run(args: argparse.Namespace) -> dict[str, float]:
+    if args.strategy is not None:
+        return _run_correlated(args)
     plan = _plan(args)
     rounds = args.rounds
     if args.delta is not None:

@@ -172,7 +172,7 @@ def participations(
     """
     counts = np.zeros(spec.count, dtype=np.int64)
     for rnd in range(1, rounds + 1):
-        ids, mask = sampler.sample(sampling_key(rnd))
+        ids, mask = sampler.sample(sampling_key(rnd), rnd)
         chosen = ids[mask.astype(bool) & (ids >= spec.first_id)] - spec.first_id
         np.add.at(counts, chosen, 1)
     return counts.tolist()

@@ -119,7 +119,7 @@ class Experiment:
     def cohort(self, rnd: int) -> RoundInputs:
         """Samples and gathers round ``rnd``'s cohort, padded to the plan's slots, and starts
         its transfer to the device(s) (asynchronous: it overlaps the running round)."""
-        ids, mask = self.sampler.sample(self.sampling_key(rnd))
+        ids, mask = self.sampler.sample(self.sampling_key(rnd), rnd)
         multiple = self.plan.slot_multiple
         slots = max(self.plan.slots, math.ceil(len(ids) / multiple) * multiple)
         pad = slots - len(ids)
@@ -297,8 +297,11 @@ def build(run: RunConfig) -> Experiment:
             per_layer=privacy.per_layer,
         )
     population_bytes = data.train.x.nbytes + data.train.y.nbytes
+    agg_bytes = sum(int(x.nbytes) for x in jax.tree.leaves(aggregator.init()))
     warning = planner.memory_warning(
-        planner.estimate_peak_bytes(exec_plan, n_cap, example_bytes, population_bytes),
+        planner.estimate_peak_bytes(
+            exec_plan, n_cap, example_bytes, population_bytes, server_state_bytes=agg_bytes
+        ),
         planner.available_bytes(),
     )
     if warning:

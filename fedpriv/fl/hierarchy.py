@@ -170,8 +170,12 @@ class GatewaySampler:
         pos = np.repeat(self._starts[gateways] - first, sizes) + np.arange(int(sizes.sum()))
         return self._order[pos].astype(np.int64)
 
-    def sample(self, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-        gw_ids, gw_mask = self.inner.sample(key)
+    def participation(self, rounds: int) -> Any:
+        """The gateways' participation pattern (the inner sampler's)."""
+        return self.inner.participation(rounds)
+
+    def sample(self, key: jax.Array, rnd: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        gw_ids, gw_mask = self.inner.sample(key, rnd)
         ids = self.clients_of(gw_ids[gw_mask])
         cap = max(self.capacity, len(ids))
         out = np.zeros(cap, dtype=np.int64)
@@ -390,7 +394,7 @@ class Hierarchy:
         """
         if self.dp_unit == "client":
             return plan
-        if plan.unit != "user" or plan.secagg is not None:
+        if plan.unit != "user" or plan.secagg is not None or not plan.mechanism.gaussian_fedavg:
             raise ConfigError(
                 "hierarchy.dp_unit",
                 "gateway-level DP needs user-level DP-FedAvg without secure aggregation "

@@ -131,12 +131,23 @@ def make_mesh(num_devices: int) -> jax.sharding.Mesh | None:
 
 
 def estimate_peak_bytes(
-    plan: ExecutionPlan, n_cap: int, example_bytes: int, population_bytes: int
+    plan: ExecutionPlan,
+    n_cap: int,
+    example_bytes: int,
+    population_bytes: int,
+    server_state_bytes: int = 0,
 ) -> int:
     """Rough peak memory of a run: the population on the host, the cohort batch on the host
-    and on the device(s), and one chunk of per-client state per device."""
+    and on the device(s), one chunk of per-client state per device, and the server state's
+    aggregation part on each device (``server_state_bytes``: e.g. the band history or BLT
+    buffers of correlated noise, one model-sized copy each), kept twice while a round
+    replaces it."""
     cohort_bytes = plan.slots * n_cap * (example_bytes + 4)
-    return population_bytes + 2 * cohort_bytes + plan.num_devices * plan.est_bytes
+    return (
+        population_bytes
+        + 2 * cohort_bytes
+        + plan.num_devices * (plan.est_bytes + 2 * int(server_state_bytes))
+    )
 
 
 def available_bytes() -> int | None:

@@ -46,6 +46,20 @@ BAD_INPUTS = [
     (["+client.lrr=0.1"], "client.lrr", "is not a setting of client"),
     (["+secagg.bitz=16"], "secagg.bitz", "is not a setting of secagg"),
     (["+sampling.size=5"], "sampling.size", "is not a setting of sampling"),
+    # Participation the mechanism's accounting does not cover, or a setting it cannot run.
+    (["privacy=user_dp", "sampling=cyclic", "sampling.groups=4"], "sampling.kind", "not 'cyclic'"),
+    (
+        ["sampling=cyclic", "sampling.groups=4", "sampling.cohort_size=6"],
+        "sampling.cohort_size",
+        "smallest group",
+    ),
+    (["privacy=dp_ftrl", "privacy.strategy=tree"], "privacy.strategy", "choose from"),
+    (["privacy=dp_ftrl", "privacy.buffers=16"], "privacy.buffers", "[1, 15]"),
+    (
+        ["privacy=dp_ftrl", "sampling=cyclic", "sampling.groups=4", "secagg=fast"],
+        "secagg.mode",
+        "secagg=none",
+    ),
 ]
 
 

@@ -270,6 +270,8 @@ class PrivacyPlan:
         rounds: planned number of rounds.
         secagg: secure-aggregation settings (None: plain floating-point sums); for
             ``distributed_dp`` they include the per-client noise.
+        correlation: correlated noise (``dp_ftrl``): the strategy, its sensitivity and the
+            participation it covers (None: independent noise per round).
         mechanism: the :class:`Mechanism` object that builds and describes every part.
     """
 
@@ -291,6 +293,7 @@ class PrivacyPlan:
     accountant: str = "rdp"
     rounds: int = 0
     secagg: Any = None
+    correlation: Any = None
     mechanism: Mechanism | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
@@ -364,10 +367,12 @@ class PrivacyPlan:
         d = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("secagg", "mechanism")
+            if f.name not in ("secagg", "mechanism", "correlation")
         }
         d["adaptive"] = self.adaptive._asdict() if self.adaptive else None
         d["secagg"] = None if self.secagg is None else self.secagg.describe()
+        if self.correlation is not None:
+            d["correlation"] = self.correlation.describe()
         return d
 
 
@@ -384,8 +389,9 @@ def plan_common(name: str, sampler: Any, rounds: int) -> dict[str, Any]:
 
 
 def record_cohort(plan: PrivacyPlan) -> float | int:
-    """The ledger's ``cohort_size``: exact for fixed cohorts, expected for Poisson."""
-    if plan.sampling == "fixed":
+    """The ledger's ``cohort_size``: exact for fixed and cyclic cohorts, expected for
+    Poisson."""
+    if plan.sampling in ("fixed", "cyclic"):
         return int(round(plan.expected_cohort))
     return plan.expected_cohort
 
@@ -436,6 +442,8 @@ class Mechanism(LedgerKind, ConfigGroup):
     owns_secagg: ClassVar[bool] = False
     gaussian_fedavg: ClassVar[bool] = False
     adaptive_clip: ClassVar[bool] = False
+    samplings: ClassVar[tuple[str, ...]] = ("fixed", "poisson")
+    secagg_modes: ClassVar[tuple[str, ...]] = ("none", "fast", "protocol")
     group: ClassVar[str] = "privacy"
 
     #: ``seeded`` (noise keys from the seed) or ``secure`` (the OS CSPRNG).

@@ -22,6 +22,7 @@ class NoPrivacy(Mechanism):
     name = "none"
     unit = None
     private = False
+    samplings = ("fixed", "poisson", "cyclic")
 
     def validate(self, privacy_cfg: Mapping[str, Any]) -> None:
         return None

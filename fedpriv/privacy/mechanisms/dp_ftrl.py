@@ -1,0 +1,702 @@
+"""``privacy=dp_ftrl``: user-level DP with correlated noise (the matrix mechanism).
+
+Each client update is clipped to L2 norm ``clip_norm`` (C) as in DP-FedAvg, and the sum of
+round ``t``'s clipped updates, ``x_t``, gets the noise ``(C^-1 Z)_t`` instead of independent
+noise: ``Z_1, Z_2, ...`` are i.i.d. ``N(0, sigma^2 I)`` and ``C`` is a lower-triangular
+Toeplitz *strategy* matrix, so the server's running sum of noised updates is
+``A x + A C^-1 Z`` with ``A`` the prefix sum: the noise on the model is the correlated
+``B Z`` of a factorisation ``A = B C`` (Denisov et al. 2022; Kairouz et al. 2021). The
+noised sum is divided by the cohort size, a public constant, as DP-FedAvg does. Strategies
+(``privacy.strategy``):
+
+* ``independent``: ``C = I``, independent noise per round. The baseline is DP-FedAvg
+  without amplification by sampling, with the sensitivity of every participation of a
+  client.
+* ``banded``: a banded Toeplitz ``C`` with ``privacy.bands`` bands, optimised for the run's
+  rounds (banded matrix factorisation; Choquette-Choo et al. 2023).
+* ``blt``: a buffered linear Toeplitz ``C`` with ``privacy.buffers`` buffers, optimised for
+  the run's rounds and participation (Dvijotham et al. 2024; McMahan et al. 2024).
+
+The strategies are optimised with jax_privacy (``toeplitz.optimize_banded_toeplitz``,
+``buffered_toeplitz.optimize``), and ``C^-1 Z`` comes from its streaming matrices. The
+streaming state (band history, BLT buffers) is part of the server state on the device and is
+checkpointed with it, and the noise is drawn inside the jit-compiled round from the round's
+noise key. fedpriv's own code covers two things: the split of the run's sensitivity into
+per-round increments (:func:`worst_case_participation`) and the aggregation transform.
+
+Participation and sensitivity. The sampler that runs says which rounds one client can take
+part in (:meth:`fedpriv.fl.sampling.CyclicCohorts.participation`). ``sampling=cyclic`` with
+``b`` groups means at least ``b`` rounds apart and at most ``k = ceil(n / b)`` times.
+``fixed`` and ``poisson`` mean any round, up to ``n`` times, and no amplification is
+claimed. For non-negative, non-increasing Toeplitz coefficients ``c``, the L2 sensitivity of
+``C x`` under that pattern is ``||sum_{i<k} C e_{i b}||``: the worst case participates as
+early and as often as allowed (jax_privacy's ``toeplitz.minsep_sensitivity_squared``,
+exact by Theorem 2 of Kalinin and Lampert 2024). The same holds for every prefix of
+``t`` rounds, whose sensitivity ``s_t`` is ``||u_{1..t}||``, where
+``u = sum_{i<k} C e_{i b}``. A round's ledger record carries the increment
+``s_t^2 - s_{t-1}^2 = u_t^2``.
+
+Accounting. Releasing the first ``t`` noised sums is one Gaussian mechanism with
+sensitivity ``C s_t`` and noise ``sigma`` (adaptive inputs included, Denisov et al. 2022),
+for zeroing out one client's updates (add/remove one client). With
+``z = sigma / (C s_n)`` (``noise_multiplier``, over the planned ``n`` rounds), round ``t``'s
+event is ``GaussianDpEvent(z s_n / u_t)``. Gaussian mechanisms compose exactly (the
+noise-to-sensitivity ratios add as ``sum 1/z_t^2``), so the composition of the first ``t``
+records is exactly the Gaussian mechanism of the prefix under RDP, PLD and PRV. Epsilon
+remains a pure function of the ledger, and after ``n`` rounds it is the epsilon of
+``GaussianDpEvent(z)``.
+
+References:
+    Kairouz, McMahan, Song, Thakkar, Thakurta, Xu. "Practical and Private (Deep) Learning
+    without Sampling or Shuffling." ICML 2021 (DP-FTRL).
+    Denisov, McMahan, Rush, Smith, Thakurta. "Improved Differential Privacy for SGD via
+    Optimal Private Linear Operators on Adaptive Streams." NeurIPS 2022.
+    Choquette-Choo, Ganesh, McKenna, McMahan, Rush, Thakurta, Xu. "(Amplified) Banded Matrix
+    Factorization: A unified approach to private training." NeurIPS 2023.
+    Dvijotham, McMahan, Pillutla, Steinke, Thakurta. "Efficient and Near-Optimal Noise
+    Generation for Streaming Differential Privacy." FOCS 2024 (BLTs).
+    McMahan, Xu, Zhang. "A Hassle-free Algorithm for Private Learning in Practice: Don't
+    Use Tree Aggregation, Use BLTs." EMNLP 2024.
+    Kalinin, Lampert. "Banded Square Root Matrix Factorization for Differentially Private
+    Model Training." NeurIPS 2024, Theorem 2 (min-separation sensitivity of Toeplitz
+    strategies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import dp_accounting
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax_privacy.matrix_factorization import buffered_toeplitz, streaming_matrix, toeplitz
+
+from fedpriv.accounting._search import smallest_noise
+from fedpriv.accounting.delta import DeltaWarning
+from fedpriv.errors import ConfigError
+from fedpriv.fl.aggregators import (
+    AggregationTransform,
+    Aggregator,
+    as_aggregator,
+    chain,
+    identity_client,
+    identity_scale,
+)
+from fedpriv.fl.sampling import Participation
+from fedpriv.privacy.aggregators import UPDATE_NOISE_SLOT, clip_transform, mean
+from fedpriv.privacy.ledger import LEDGER_FORMAT
+from fedpriv.privacy.mechanisms._registry import register
+from fedpriv.privacy.mechanisms.base import (
+    ADD_OR_REMOVE_ONE,
+    DpMechanism,
+    DpSettings,
+    PrivacyPlan,
+    choice,
+    plan_common,
+    record_cohort,
+    resolve_delta,
+)
+from fedpriv.privacy.noise import gaussian_like
+
+if TYPE_CHECKING:
+    from fedpriv.accounting.events import RoundEvent
+
+PyTree = Any
+
+STRATEGIES: tuple[str, ...] = ("independent", "banded", "blt")
+#: The most buffers jax_privacy's BLT optimiser takes.
+MAX_BUFFERS = 15
+#: Relative tolerance between fedpriv's worst-case participation and jax_privacy's
+#: sensitivity (both float64).
+_SENSITIVITY_RTOL = 1e-6
+
+
+# --------------------------------------------------------------------------- the strategy
+
+
+def worst_case_participation(coefficients: np.ndarray, participation: Participation) -> np.ndarray:
+    """``u = sum_{i<k} C e_{i b}``: the column sum of the worst-case participation pattern
+    of a lower-triangular Toeplitz ``C`` with first column ``coefficients`` (length ``n``),
+    ``b`` rounds apart and at most ``k`` times.
+
+    For non-negative, non-increasing coefficients the pattern ``0, b, 2b, ...`` attains the
+    sensitivity of ``C`` and of every leading ``t x t`` block of it (Kalinin and Lampert
+    2024, Theorem 2; each block is the same kind of Toeplitz matrix), so ``||u[:t]||`` is
+    the sensitivity of the first ``t`` rounds. fedpriv's own code: jax_privacy computes the
+    whole-run value (:func:`run_sensitivity` checks the two agree), not the prefixes.
+
+    Raises:
+        ValueError: coefficients that are negative or increasing (the theorem does not
+            apply).
+    """
+    c = np.asarray(coefficients, np.float64)
+    if np.any(c < 0) or np.any(np.diff(c) > 1e-12 * max(1.0, float(c[0]))):
+        raise ValueError(
+            "the strategy's Toeplitz coefficients must be non-negative and non-increasing"
+        )
+    n = len(c)
+    b, k = int(participation.min_separation), int(participation.max_participations)
+    u = np.zeros(n)
+    for i in range(k):
+        start = i * b
+        if start >= n:
+            break
+        u[start:] += c[: n - start]
+    return u
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseCorrelation:
+    """A run's strategy matrix and what its accounting needs.
+
+    Attributes:
+        strategy: ``independent``, ``banded`` or ``blt``.
+        coefficients: the first column of ``C`` over the planned rounds (float64).
+        noising: ``C^-1`` as a jax_privacy ``StreamingMatrix`` (float32).
+        participation: the pattern the sensitivity covers.
+        run_sensitivity: ``s_n``, the sensitivity of the whole run in units of the clip.
+        increments: ``s_t^2 - s_{t-1}^2`` for ``t = 1..n``.
+        bands, buffers: the strategy's size (``banded``; ``blt``).
+        digest: SHA-256 of the coefficients (what the ledger records of the strategy).
+    """
+
+    strategy: str
+    coefficients: np.ndarray = dataclasses.field(repr=False)
+    noising: Any = dataclasses.field(repr=False)
+    participation: Participation
+    run_sensitivity: float
+    increments: np.ndarray = dataclasses.field(repr=False)
+    bands: int | None = None
+    buffers: int | None = None
+    digest: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """Plain values for ``summary.json``."""
+        return {
+            "strategy": self.strategy,
+            "bands": self.bands,
+            "buffers": self.buffers,
+            "min_separation": self.participation.min_separation,
+            "max_participations": self.participation.max_participations,
+            "run_sensitivity": self.run_sensitivity,
+            "strategy_digest": self.digest,
+            "coefficients_head": [float(c) for c in self.coefficients[:8]],
+        }
+
+
+def digest(coefficients: np.ndarray) -> str:
+    """SHA-256 (hex, 16 characters) of the coefficients rounded to 9 significant digits."""
+    text = ",".join(f"{float(c):.9g}" for c in np.asarray(coefficients, np.float64))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def strategy_matrix(
+    strategy: str, rounds: int, participation: Participation, bands: int, buffers: int
+) -> tuple[np.ndarray, Any]:
+    """``(coefficients, C^-1 as a StreamingMatrix)`` of a strategy for ``rounds`` rounds.
+
+    ``banded``: jax_privacy's ``toeplitz.optimize_banded_toeplitz(n, bands)`` (unit-norm
+    coefficients minimising the mean squared error of the prefix sums). ``blt``:
+    ``buffered_toeplitz.optimize(n, min_sep=b, max_participations=k, error="mean")`` with
+    exactly ``buffers`` buffers (run in float64, then used in float32).
+
+    Raises:
+        ValueError: an unknown strategy.
+    """
+    n = int(rounds)
+    if strategy == "banded":
+        bands = min(int(bands), n)
+    if strategy == "independent" or (strategy == "banded" and bands == 1):
+        # One band is C = I (unit-norm coefficients); its streaming state would be empty
+        # arrays, which a checkpoint cannot hold.
+        coef = np.zeros(n)
+        coef[0] = 1.0
+        return coef, streaming_matrix.identity()
+    if strategy == "banded":
+        coef32 = toeplitz.optimize_banded_toeplitz(n=n, bands=bands)
+        coef = np.zeros(n)
+        coef[:bands] = np.asarray(coef32, np.float64)
+        return coef, toeplitz.inverse_as_streaming_matrix(jnp.asarray(coef32, jnp.float32))
+    if strategy == "blt":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blt64 = buffered_toeplitz.optimize(
+                n=n,
+                min_sep=int(participation.min_separation),
+                max_participations=int(participation.max_participations),
+                error="mean",
+                min_buffers=int(buffers),
+                max_buffers=int(buffers),
+            )
+        with jax.enable_x64():
+            coef = np.asarray(blt64.toeplitz_coefs(n), np.float64)
+        blt32 = buffered_toeplitz.BufferedToeplitz.build(
+            buf_decay=np.asarray(blt64.buf_decay),
+            output_scale=np.asarray(blt64.output_scale),
+            dtype=jnp.float32,
+        )
+        return coef, blt32.inverse_as_streaming_matrix()
+    raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+
+
+def run_sensitivity(coefficients: np.ndarray, participation: Participation) -> float:
+    """``s_n``: jax_privacy's min-separation sensitivity of the Toeplitz strategy.
+
+    Raises:
+        ValueError: the coefficients are not non-negative and non-increasing, or
+            :func:`worst_case_participation` disagrees with jax_privacy.
+    """
+    u = worst_case_participation(coefficients, participation)
+    n = len(coefficients)
+    with jax.enable_x64():
+        squared = float(
+            toeplitz.minsep_sensitivity_squared(
+                jnp.asarray(coefficients, jnp.float64),
+                min_sep=int(participation.min_separation),
+                max_participations=int(participation.max_participations),
+                n=n,
+                skip_checks=True,
+            )
+        )
+    ours = float(np.sum(u**2))
+    if not math.isclose(ours, squared, rel_tol=_SENSITIVITY_RTOL):
+        raise ValueError(
+            f"worst-case participation gives sensitivity^2 {ours!r}, jax_privacy {squared!r}"
+        )
+    return math.sqrt(squared)
+
+
+def build_correlation(
+    strategy: str, rounds: int, participation: Participation, bands: int, buffers: int
+) -> NoiseCorrelation:
+    """The :class:`NoiseCorrelation` of a run.
+
+    Raises:
+        ConfigError: naming ``privacy.strategy`` when the optimised strategy's coefficients
+            are not non-negative and non-increasing.
+    """
+    coef, noising = strategy_matrix(strategy, rounds, participation, bands, buffers)
+    try:
+        sens = run_sensitivity(coef, participation)
+        u = worst_case_participation(coef, participation)
+    except ValueError as err:
+        raise ConfigError("privacy.strategy", f"{strategy}: {err}") from None
+    return NoiseCorrelation(
+        strategy=strategy,
+        coefficients=coef,
+        noising=noising,
+        participation=participation,
+        run_sensitivity=sens,
+        increments=u**2,
+        bands=int(bands) if strategy == "banded" else None,
+        buffers=int(buffers) if strategy == "blt" else None,
+        digest=digest(coef),
+    )
+
+
+# --------------------------------------------------------------------------- the round
+
+
+def correlated_gaussian(noising: Any, std_per_clip: float) -> AggregationTransform:
+    """Adds ``(C^-1 Z)_t`` to round ``t``'s sum, with ``Z_t ~ N(0, (s C)^2 I)`` drawn from the
+    round's noise key and C the ``clip_norm`` a clipping transform before it published
+    (``s = std_per_clip``).
+
+    The transform's state is the streaming state of ``noising`` (jax_privacy's
+    ``StreamingMatrix``: band history or BLT buffers, shaped like the model), so it lives in
+    the server state and in every checkpoint.
+
+    Privacy:
+        See the module docstring. Draws from key slot ``UPDATE_NOISE_SLOT``.
+    """
+
+    def init(params):
+        return noising.init_multiply(params)
+
+    def update(total, state, key, info):
+        std = std_per_clip * info["clip_norm"]
+        z = gaussian_like(total, std, key)
+        noise, state = noising.multiply_next(z, state)
+        noised = jax.tree.map(lambda t, e: t + e.astype(t.dtype), total, noise)
+        return noised, state, {"noise_std": std}
+
+    return AggregationTransform(
+        init, identity_client, update, identity_scale, key_slot=UPDATE_NOISE_SLOT
+    )
+
+
+# --------------------------------------------------------------------------- the mechanism
+
+
+def _positive_int(block: Mapping[str, Any], key: str, default: int, high: int | None = None) -> int:
+    value = block.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"privacy.{key}", f"must be an integer >= 1, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"privacy.{key}", f"must be an integer in [1, {high}], got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class DpFtrl(DpMechanism):
+    """User-level DP with correlated noise: clip to C, sum, add ``(C^-1 Z)_t``, divide by
+    the cohort size.
+
+    Privacy:
+        Unit one client; add/remove one client (zeroing out its updates). The first ``t``
+        rounds are the Gaussian mechanism with sensitivity ``C s_t`` under the
+        participation of the sampler that runs, with no amplification by sampling. See the
+        module docstring.
+    """
+
+    name = "dp_ftrl"
+    unit = "user"
+    ledger_mechanism = "gaussian_mf"
+    accountants = ("rdp", "pld", "prv", "opacus_rdp")
+    samplings = ("cyclic", "fixed", "poisson")
+    secagg_modes = ("none",)
+
+    #: ``independent``, ``banded`` or ``blt``.
+    strategy: str | None = None
+    #: Bands of the banded strategy.
+    bands: int | None = None
+    #: Buffers of the BLT strategy (at most 15).
+    buffers: int | None = None
+
+    def validate(self, privacy_cfg: Mapping[str, Any]) -> None:
+        DpSettings.read(privacy_cfg, self.accountants, strict=True)
+        choice(privacy_cfg, "strategy", STRATEGIES, "banded")
+        _positive_int(privacy_cfg, "bands", 4)
+        _positive_int(privacy_cfg, "buffers", 3, MAX_BUFFERS)
+
+    def build(self, privacy_cfg, sampler, client, rounds, secagg, num_params=None, *, tools):
+        """The plan: the strategy for the sampler's participation over ``rounds`` rounds,
+        and with a target epsilon the smallest noise multiplier that meets it.
+
+        Raises:
+            ConfigError: naming ``privacy.<field>``, or ``secagg.mode`` with secure
+                aggregation (not supported with correlated noise).
+        """
+        settings = DpSettings.read(privacy_cfg, self.accountants)
+        if secagg is not None and secagg.enabled:
+            raise ConfigError("secagg.mode", "privacy=dp_ftrl runs with secagg=none")
+        strategy = choice(privacy_cfg, "strategy", STRATEGIES, "banded")
+        bands = _positive_int(privacy_cfg, "bands", 4)
+        buffers = _positive_int(privacy_cfg, "buffers", 3, MAX_BUFFERS)
+        participation = sampler.participation(int(rounds))
+        correlation = build_correlation(strategy, int(rounds), participation, bands, buffers)
+        plan = PrivacyPlan(
+            unit=self.unit,
+            clip_norm=settings.clip_norm,
+            noise_multiplier=settings.noise_multiplier,
+            accountant=settings.accountant,
+            correlation=correlation,
+            mechanism=self,
+            **plan_common(self.name, sampler, rounds),
+        )
+        return self.calibrated(plan, settings, plan.population, tools)
+
+    def calibrated(self, plan, settings, units, tools) -> PrivacyPlan:
+        """``plan`` with its delta and, with a target epsilon, the smallest noise multiplier
+        whose epsilon on the ledger the plan will write (every planned round) meets it
+        (one-sided).
+
+        Privacy:
+            The run is ``(target, delta)``-DP under the plan's accountant.
+        """
+        delta = resolve_delta({"delta": settings.delta}, units)
+        if settings.target_epsilon is None:
+            return dataclasses.replace(plan, delta=delta)
+
+        def eps(z: float) -> float:
+            trial = dataclasses.replace(plan, noise_multiplier=z)
+            records = self.planned_records(trial)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeltaWarning)
+                return tools.epsilon(records, delta, plan.accountant)
+
+        z = smallest_noise(eps, settings.target_epsilon, context=f" under {plan.accountant!r}")
+        return dataclasses.replace(
+            plan, delta=delta, noise_multiplier=z, target_epsilon=settings.target_epsilon
+        )
+
+    def planned_records(self, plan: PrivacyPlan) -> list[dict[str, Any]]:
+        """The ledger of the planned rounds, as they will run."""
+        std = self.noise_std(plan, plan.clip_norm)
+        return [
+            self.ledger_record(plan, t, {"clip_norm": plan.clip_norm, "noise_std": std})
+            for t in range(1, int(plan.rounds) + 1)
+        ]
+
+    def planned_record(self, plan: PrivacyPlan) -> dict[str, Any]:
+        return self.planned_records(plan)[0]
+
+    def aggregator(self, plan: PrivacyPlan, weighting: str, key: Any, params: Any) -> Aggregator:
+        """``chain(clip(C), correlated_gaussian(C^-1, z s_n), mean(m))`` (``weighting`` is
+        ignored: every clipped update counts once)."""
+        corr = plan.correlation
+        return as_aggregator(
+            chain(
+                clip_transform(plan.clip_norm),
+                correlated_gaussian(corr.noising, plan.noise_multiplier * corr.run_sensitivity),
+                mean(plan.expected_cohort),
+            ),
+            params,
+        )
+
+    def noise_std(self, plan: PrivacyPlan, clip_norm: float) -> float:
+        return plan.noise_multiplier * clip_norm * plan.correlation.run_sensitivity
+
+    def ledger_record(self, plan: PrivacyPlan, rnd: int, metrics: Mapping[str, Any]):
+        """Format 1 with ``mechanism: gaussian_mf``: ``noise_std`` is sigma (the std of
+        each ``Z_t``), ``run_sensitivity`` ``s_n`` and ``sensitivity_increment`` ``u_t^2``."""
+        corr = plan.correlation
+        t = int(rnd)
+        increment = float(corr.increments[t - 1]) if 1 <= t <= len(corr.increments) else 0.0
+        return {
+            "format": LEDGER_FORMAT,
+            "round": t,
+            "mechanism": "gaussian_mf",
+            "unit": plan.unit,
+            "sampling": plan.sampling,
+            "sampling_rate": plan.sampling_rate,
+            "population": plan.population,
+            "cohort_size": record_cohort(plan),
+            "noise_multiplier": plan.noise_multiplier,
+            "clip_norm": float(metrics["clip_norm"]),
+            "noise_std": float(metrics["noise_std"]),
+            "steps": 1,
+            "example_sampling_rate": None,
+            "strategy": corr.strategy,
+            "strategy_digest": corr.digest,
+            "min_separation": int(corr.participation.min_separation),
+            "max_participations": int(corr.participation.max_participations),
+            "run_sensitivity": float(corr.run_sensitivity),
+            "sensitivity_increment": increment,
+        }
+
+    # ----------------------------------------------------------------- ledger records
+
+    def relation(self, event: RoundEvent) -> dp_accounting.NeighboringRelation:
+        return ADD_OR_REMOVE_ONE
+
+    def dp_event(self, event: RoundEvent) -> dp_accounting.DpEvent:
+        """``GaussianDpEvent(z s_n / u_t)``; a round that adds no sensitivity (``u_t = 0``)
+        is ``NoOpDpEvent``."""
+        increment = float(event.sensitivity_increment)
+        if increment <= 0:
+            return dp_accounting.NoOpDpEvent()
+        return dp_accounting.GaussianDpEvent(
+            event.noise_multiplier * float(event.run_sensitivity) / math.sqrt(increment)
+        )
+
+    def opacus_steps(self, event: RoundEvent) -> tuple[float, float, int]:
+        """The round for opacus: one unsampled Gaussian step of multiplier
+        ``z s_n / u_t`` (no step when ``u_t = 0``)."""
+        increment = float(event.sensitivity_increment)
+        if increment <= 0:
+            return 1.0, 1.0, 0
+        z = event.noise_multiplier * float(event.run_sensitivity) / math.sqrt(increment)
+        return z, 1.0, 1
+
+    def accounting_key(self, event: RoundEvent) -> tuple[Any, ...]:
+        return (
+            event.mechanism,
+            event.noise_multiplier,
+            event.run_sensitivity,
+            event.sensitivity_increment,
+        )
+
+    def describe_record(self, event: RoundEvent) -> str:
+        return f"correlated Gaussian noise ({event.strategy} strategy)"
+
+    def check_record(self, event: RoundEvent) -> None:
+        """The correlated-noise fields are all set and consistent; ``noise_std`` is
+        ``noise_multiplier * clip_norm * run_sensitivity``.
+
+        Raises:
+            ConfigError: naming the field.
+        """
+        for name in (
+            "strategy",
+            "strategy_digest",
+            "min_separation",
+            "max_participations",
+            "run_sensitivity",
+            "sensitivity_increment",
+        ):
+            if getattr(event, name) is None:
+                raise ConfigError(name, "is required for mechanism='gaussian_mf'")
+        if event.strategy not in STRATEGIES:
+            raise ConfigError(
+                "strategy", f"unknown strategy {event.strategy!r}; choose from {list(STRATEGIES)}"
+            )
+        for name in ("min_separation", "max_participations"):
+            value = getattr(event, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, f"must be an integer >= 1, got {value!r}")
+        if not float(event.run_sensitivity) > 0:
+            raise ConfigError("run_sensitivity", f"must be > 0, got {event.run_sensitivity!r}")
+        increment = float(event.sensitivity_increment)
+        if not 0 <= increment <= float(event.run_sensitivity) ** 2 * (1 + 1e-9):
+            raise ConfigError(
+                "sensitivity_increment",
+                f"must be in [0, run_sensitivity^2], got {event.sensitivity_increment!r}",
+            )
+        super().check_record(event)
+
+    def expected_noise_std(self, event: RoundEvent) -> float | None:
+        if event.clip_norm is None or event.run_sensitivity is None:
+            return None
+        return event.noise_multiplier * event.clip_norm * float(event.run_sensitivity)
+
+    def noise_std_formula(self, event: RoundEvent) -> str:
+        return "noise_multiplier * clip_norm * run_sensitivity"
+
+    def audit_noise(self, event: RoundEvent, record: Mapping[str, Any]):
+        clip = record.get("clip_norm")
+        if clip is None:
+            return None, "", []
+        z, s = event.noise_multiplier, float(event.run_sensitivity)
+        return (
+            z * clip * s,
+            f"noise_multiplier {z:.6g} x clip_norm {clip:.6g} x run_sensitivity {s:.6g}",
+            [],
+        )
+
+    def server_reports_noise(self, event: RoundEvent) -> bool:
+        return True
+
+    def audit(self, run: Any, events: Any) -> list[str]:
+        """The records are all correlated noise of one strategy, and their increments add up
+        to at most the run's squared sensitivity."""
+        problems = []
+        kinds = sorted({ev.mechanism for ev in events} - {"gaussian_mf"})
+        if kinds:
+            problems.append(f"privacy={self.name} adds correlated Gaussian noise; ledger: {kinds}")
+        mf = [ev for ev in events if ev.mechanism == "gaussian_mf"]
+        digests = sorted({ev.strategy_digest for ev in mf})
+        if len(digests) > 1:
+            problems.append(f"the ledger records {len(digests)} strategies: {digests}")
+        if mf:
+            total = sum(float(ev.sensitivity_increment) for ev in mf if not ev.replay)
+            bound = float(mf[0].run_sensitivity) ** 2
+            if total > bound * (1 + 1e-6):
+                problems.append(
+                    f"the rounds' sensitivity increments add up to {total:.6g}, more than the "
+                    f"run's squared sensitivity {bound:.6g}"
+                )
+            problems += self._recompute(run, mf)
+        return problems
+
+    def _recompute(self, run: Any, events: list) -> list[str]:
+        """Rebuilds the strategy from the run's configuration and checks the records
+        against it: the strategy digest, the participation the sampler enforces, the run's
+        sensitivity (jax_privacy's) and every round's increment."""
+        config = getattr(run, "config", None)
+        if not config:
+            return []
+        rounds = int(config.get("rounds", 0))
+        block = dict(config.get("privacy") or {})
+        sampling = dict(config.get("sampling") or {})
+        first = events[0]
+        if sampling.get("kind") == "cyclic":
+            b = int(sampling["groups"])
+            expected = Participation(b, math.ceil(rounds / b))
+        else:
+            expected = Participation(1, rounds)
+        recorded = Participation(int(first.min_separation), int(first.max_participations))
+        if recorded != expected:
+            return [
+                f"the ledger claims participation every {recorded.min_separation} rounds at "
+                f"most {recorded.max_participations} times, but sampling={sampling.get('kind')} "
+                f"over {rounds} rounds allows every {expected.min_separation} rounds up to "
+                f"{expected.max_participations} times"
+            ]
+        corr = build_correlation(
+            str(block.get("strategy", "banded")),
+            rounds,
+            expected,
+            int(block.get("bands") or 4),
+            int(block.get("buffers") or 3),
+        )
+        problems = []
+        if corr.digest != first.strategy_digest:
+            problems.append(
+                f"the strategy rebuilt from the configuration has digest {corr.digest}, the "
+                f"ledger {first.strategy_digest}"
+            )
+        if not math.isclose(corr.run_sensitivity, float(first.run_sensitivity), rel_tol=1e-6):
+            problems.append(
+                f"run_sensitivity {float(first.run_sensitivity):.9g} in the ledger; jax_privacy "
+                f"gives {corr.run_sensitivity:.9g} for the strategy and participation"
+            )
+        for ev in events:
+            t = int(ev.round)
+            want = float(corr.increments[t - 1]) if 1 <= t <= rounds else 0.0
+            if not math.isclose(float(ev.sensitivity_increment), want, rel_tol=1e-6, abs_tol=1e-12):
+                problems.append(
+                    f"round {t}: sensitivity_increment {float(ev.sensitivity_increment):.9g}, "
+                    f"the strategy gives {want:.9g}"
+                )
+                break
+        return problems
+
+
+MECHANISM = register(DpFtrl())
+
+
+def plan_for(
+    strategy: str,
+    rounds: int,
+    participation: Participation,
+    *,
+    bands: int = 4,
+    buffers: int = 3,
+    noise_multiplier: float = 1.0,
+    delta: float,
+    accountant: str = "pld",
+) -> PrivacyPlan:
+    """A plan of ``rounds`` correlated-noise rounds on its own, for accounting questions
+    (``fedpriv-account --strategy``): one client, clip 1, no sampling.
+
+    Raises:
+        ConfigError: a bad strategy size.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError("strategy", f"must be one of {list(STRATEGIES)}, got {strategy!r}")
+    corr = build_correlation(strategy, int(rounds), participation, bands, buffers)
+    return PrivacyPlan(
+        name=MECHANISM.name,
+        unit="user",
+        sampling="full",
+        sampling_rate=1.0,
+        population=1,
+        expected_cohort=1.0,
+        clip_norm=1.0,
+        noise_multiplier=float(noise_multiplier),
+        delta=float(delta),
+        accountant=accountant,
+        rounds=int(rounds),
+        correlation=corr,
+        mechanism=MECHANISM,
+    )
+
+
+def calibrate(plan: PrivacyPlan, target_epsilon: float, epsilon_of, max_noise: float) -> float:
+    """The smallest noise multiplier whose planned ledger meets ``target_epsilon`` under
+    ``epsilon_of(records, delta, accountant)`` (one-sided)."""
+
+    def eps(z: float) -> float:
+        trial = dataclasses.replace(plan, noise_multiplier=z)
+        return epsilon_of(MECHANISM.planned_records(trial), plan.delta, plan.accountant)
+
+    return smallest_noise(eps, target_epsilon, max_noise=max_noise)
