@@ -2,7 +2,7 @@
 
 The Python API: :func:`simulate` trains a run described by typed settings
 (:class:`Population`, :class:`Model`, :class:`LocalTraining`, :class:`Poisson`,
-:class:`FixedCohort`, an algorithm of :mod:`fedpriv.algorithms` and a mechanism of
+:class:`FixedCohort`, :class:`Cyclic`, an algorithm of :mod:`fedpriv.algorithms` and a mechanism of
 :mod:`fedpriv.mechanisms`) and returns a :class:`RunResult` whose epsilon is accounted from
 the run's own ledger.
 
@@ -13,6 +13,7 @@ CPU core calls :func:`expose_cpu_devices` before JAX starts (the ``fedpriv-*`` c
 from fedpriv import algorithms, mechanisms
 from fedpriv._cpu_devices import expose_cpu_devices
 from fedpriv.api import (
+    Cyclic,
     FixedCohort,
     LocalTraining,
     Model,
@@ -24,6 +25,7 @@ from fedpriv.api import (
 )
 
 __all__ = [
+    "Cyclic",
     "FixedCohort",
     "LocalTraining",
     "Model",

@@ -153,3 +153,20 @@ def test_population_load_is_the_data_a_run_with_that_seed_trains_on():
     assert a.train.num_clients == 100
     other = SMALL.load(seed=5)
     assert not np.array_equal(a.train.x, other.train.x)
+
+
+def test_correlated_noise_from_python_accounts_its_own_ledger(tmp_path):
+    import fedpriv
+    from fedpriv import mechanisms
+
+    result = fedpriv.simulate(
+        fedpriv.Population("digits", num_clients=40),
+        model="logreg",
+        sampling=fedpriv.Cyclic(groups=4, cohort_size=5),
+        mechanism=mechanisms.DpFtrl(strategy="banded", bands=2, noise_multiplier=1.0),
+        rounds=3,
+        run_dir=tmp_path / "run",
+    )
+    assert [r["mechanism"] for r in result.ledger] == ["gaussian_mf"] * 3
+    assert result.plan.correlation.participation == (4, 1)
+    assert result.epsilon(accountant="pld") == pytest.approx(result.summary["epsilon"]["pld"])
