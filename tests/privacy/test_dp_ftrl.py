@@ -289,3 +289,31 @@ def test_the_correlated_noise_benchmark_runs():
     out = correlated_noise.main(["--cohort", "8", "--pairs", "1", "--json"])
     assert set(out) >= {"banded_4_overhead", "blt_3_overhead", "dp_fedavg_round_s"}
     assert out["banded_4_state_model_copies"] == 3.0
+
+
+def test_the_audit_redraws_the_cohorts_and_fails_a_sampler_that_breaks_its_pattern(
+    tmp_path, monkeypatch
+):
+    """A planted bug: cyclic sampling that draws from every client, not the round's group.
+    The ledger still claims separation 2; the audit re-draws the cohorts from the seed and
+    finds a client closer together than that."""
+    from fedpriv.audit import audit_run
+
+    def from_everyone(self, key, rnd=1):
+        ids = np.random.default_rng(int(rnd)).choice(self.population, self.cohort_size, False)
+        return np.sort(ids).astype(np.int64), np.ones(self.cohort_size, bool)
+
+    monkeypatch.setattr(CyclicCohorts, "sample", from_everyone)
+    run = runs.train(
+        tmp_path / "run",
+        "privacy=dp_ftrl",
+        "privacy.noise_multiplier=1.0",
+        "privacy.target_epsilon=null",
+        "sampling=cyclic",
+        "sampling.groups=2",
+        "sampling.cohort_size=8",
+        "rounds=6",
+    )
+    report = audit_run(run)
+    assert report.exit_status == 1
+    assert "closer than the claimed separation 2" in str(report.to_dict())

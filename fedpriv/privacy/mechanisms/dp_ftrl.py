@@ -88,7 +88,7 @@ from fedpriv.fl.aggregators import (
     identity_client,
     identity_scale,
 )
-from fedpriv.fl.sampling import Participation
+from fedpriv.fl.sampling import CyclicCohorts, Participation
 from fedpriv.privacy.aggregators import UPDATE_NOISE_SLOT, clip_transform, mean
 from fedpriv.privacy.ledger import LEDGER_FORMAT
 from fedpriv.privacy.mechanisms._registry import register
@@ -110,6 +110,8 @@ if TYPE_CHECKING:
 PyTree = Any
 
 STRATEGIES: tuple[str, ...] = ("independent", "banded", "blt")
+#: The purpose id of the sampling keys in the documented key schedule (DESIGN.md rule 5).
+SAMPLING_PURPOSE = 2
 #: The most buffers jax_privacy's BLT optimiser takes.
 MAX_BUFFERS = 15
 #: Relative tolerance between fedpriv's worst-case participation and jax_privacy's
@@ -621,6 +623,7 @@ class DpFtrl(DpMechanism):
                 f"over {rounds} rounds allows every {expected.min_separation} rounds up to "
                 f"{expected.max_participations} times"
             ]
+        problems = self._check_cohorts(config, first, rounds, expected)
         corr = build_correlation(
             str(block.get("strategy", "banded")),
             rounds,
@@ -628,7 +631,6 @@ class DpFtrl(DpMechanism):
             int(block.get("bands") or 4),
             int(block.get("buffers") or 3),
         )
-        problems = []
         if corr.digest != first.strategy_digest:
             problems.append(
                 f"the strategy rebuilt from the configuration has digest {corr.digest}, the "
@@ -649,6 +651,38 @@ class DpFtrl(DpMechanism):
                 )
                 break
         return problems
+
+    @staticmethod
+    def _check_cohorts(config: Mapping[str, Any], first: Any, rounds: int, claimed) -> list[str]:
+        """Re-draws every round's cohort from the seed by the documented schedule (the
+        sampling key of round ``t`` is ``fold_in(fold_in(key(seed), 2), t)``) and checks
+        that no client took part more often, or closer together, than the ledger claims."""
+        sampling = dict(config.get("sampling") or {})
+        if sampling.get("kind") != "cyclic" or first.population is None:
+            return []
+        sampler = CyclicCohorts(
+            int(first.population), int(sampling["groups"]), int(sampling["cohort_size"])
+        )
+        root = jax.random.fold_in(jax.random.key(int(config.get("seed", 0))), SAMPLING_PURPOSE)
+        last: dict[int, int] = {}
+        count: dict[int, int] = {}
+        for t in range(1, rounds + 1):
+            ids, mask = sampler.sample(jax.random.fold_in(root, t), t)
+            for cid in ids[np.asarray(mask, bool)].tolist():
+                if cid in last and t - last[cid] < claimed.min_separation:
+                    return [
+                        f"client {cid} takes part in rounds {last[cid]} and {t}, closer than "
+                        f"the claimed separation {claimed.min_separation}"
+                    ]
+                last[cid] = t
+                count[cid] = count.get(cid, 0) + 1
+        most = max(count.values(), default=0)
+        if most > claimed.max_participations:
+            return [
+                f"a client takes part {most} times, more than the claimed "
+                f"{claimed.max_participations}"
+            ]
+        return []
 
 
 MECHANISM = register(DpFtrl())
