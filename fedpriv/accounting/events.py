@@ -123,7 +123,7 @@ _DISTRIBUTED_FIELDS: tuple[str, ...] = (
 _DISTRIBUTED_OPTIONAL: tuple[str, ...] = ("amplification",)
 #: Fields of correlated-noise (matrix mechanism) rounds only, ``mechanism: gaussian_mf``
 #: (:mod:`fedpriv.privacy.mechanisms.dp_ftrl`); omitted from the JSON of other records.
-_MF_FIELDS: tuple[str, ...] = (
+MF_FIELDS: tuple[str, ...] = (
     "strategy",
     "strategy_digest",
     "min_separation",
@@ -159,7 +159,7 @@ _FIELDS: tuple[str, ...] = (
     "count_noise_std",
     *_DISTRIBUTED_FIELDS,
     *_DISTRIBUTED_OPTIONAL,
-    *_MF_FIELDS,
+    *MF_FIELDS,
     "replay",
 )
 _REQUIRED: tuple[str, ...] = (
@@ -291,7 +291,7 @@ class RoundEvent:
         self._check_unit(put)
         self._check_distributed(put)
         if self.mechanism != "gaussian_mf":
-            for name in _MF_FIELDS:
+            for name in MF_FIELDS:
                 if getattr(self, name) is not None:
                     raise ConfigError(
                         name, f"is only for correlated noise (gaussian_mf), not {self.mechanism!r}"
@@ -453,7 +453,7 @@ class RoundEvent:
         if not self.is_distributed:
             for name in _DISTRIBUTED_FIELDS:
                 del out[name]
-        for name in (*_DISTRIBUTED_OPTIONAL, *_MF_FIELDS):
+        for name in (*_DISTRIBUTED_OPTIONAL, *MF_FIELDS):
             if out[name] is None:
                 del out[name]
         if not out["replay"]:

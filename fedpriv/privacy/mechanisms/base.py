@@ -499,11 +499,9 @@ class Mechanism(LedgerKind, ConfigGroup):
         delta = resolve_delta({"delta": settings.delta}, units)
         if settings.target_epsilon is None:
             return dataclasses.replace(plan, delta=delta)
-        rounds = max(int(plan.rounds), 1)
 
         def eps(z: float) -> float:
-            trial = dataclasses.replace(plan, noise_multiplier=z)
-            records = [self.planned_record(trial)] * rounds
+            records = self.planned_records(dataclasses.replace(plan, noise_multiplier=z))
             with warnings.catch_warnings():
                 # resolve_delta warned once already; the search evaluates many ledgers.
                 warnings.simplefilter("ignore", DeltaWarning)
@@ -513,6 +511,11 @@ class Mechanism(LedgerKind, ConfigGroup):
         return dataclasses.replace(
             plan, delta=delta, noise_multiplier=z, target_epsilon=settings.target_epsilon
         )
+
+    def planned_records(self, plan: PrivacyPlan) -> list[dict[str, Any]]:
+        """The ledger ``plan`` writes over its planned rounds when they run as planned
+        (the same record every round, unless a mechanism's rounds differ)."""
+        return [self.planned_record(plan)] * max(int(plan.rounds), 1)
 
     def planned_record(self, plan: PrivacyPlan) -> dict[str, Any]:
         """The ledger record a round of ``plan`` writes when it runs as planned."""

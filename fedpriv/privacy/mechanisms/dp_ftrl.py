@@ -78,7 +78,7 @@ import numpy as np
 from jax_privacy.matrix_factorization import buffered_toeplitz, streaming_matrix, toeplitz
 
 from fedpriv.accounting._search import smallest_noise
-from fedpriv.accounting.delta import DeltaWarning
+from fedpriv.accounting.events import MF_FIELDS
 from fedpriv.errors import ConfigError
 from fedpriv.fl.aggregators import (
     AggregationTransform,
@@ -100,7 +100,6 @@ from fedpriv.privacy.mechanisms.base import (
     choice,
     plan_common,
     record_cohort,
-    resolve_delta,
 )
 from fedpriv.privacy.noise import gaussian_like
 
@@ -406,32 +405,10 @@ class DpFtrl(DpMechanism):
         )
         return self.calibrated(plan, settings, plan.population, tools)
 
-    def calibrated(self, plan, settings, units, tools) -> PrivacyPlan:
-        """``plan`` with its delta and, with a target epsilon, the smallest noise multiplier
-        whose epsilon on the ledger the plan will write (every planned round) meets it
-        (one-sided).
-
-        Privacy:
-            The run is ``(target, delta)``-DP under the plan's accountant.
-        """
-        delta = resolve_delta({"delta": settings.delta}, units)
-        if settings.target_epsilon is None:
-            return dataclasses.replace(plan, delta=delta)
-
-        def eps(z: float) -> float:
-            trial = dataclasses.replace(plan, noise_multiplier=z)
-            records = self.planned_records(trial)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeltaWarning)
-                return tools.epsilon(records, delta, plan.accountant)
-
-        z = smallest_noise(eps, settings.target_epsilon, context=f" under {plan.accountant!r}")
-        return dataclasses.replace(
-            plan, delta=delta, noise_multiplier=z, target_epsilon=settings.target_epsilon
-        )
-
     def planned_records(self, plan: PrivacyPlan) -> list[dict[str, Any]]:
-        """The ledger of the planned rounds, as they will run."""
+        """The ledger of the planned rounds, as they will run: each round's record has its
+        own sensitivity increment, so calibration (:meth:`calibrated`, one-sided) accounts
+        the whole run as one Gaussian mechanism."""
         std = self.noise_std(plan, plan.clip_norm)
         return [
             self.ledger_record(plan, t, {"clip_norm": plan.clip_norm, "noise_std": std})
@@ -527,14 +504,7 @@ class DpFtrl(DpMechanism):
         Raises:
             ConfigError: naming the field.
         """
-        for name in (
-            "strategy",
-            "strategy_digest",
-            "min_separation",
-            "max_participations",
-            "run_sensitivity",
-            "sensitivity_increment",
-        ):
+        for name in MF_FIELDS:
             if getattr(event, name) is None:
                 raise ConfigError(name, "is required for mechanism='gaussian_mf'")
         if event.strategy not in STRATEGIES:
