@@ -317,3 +317,65 @@ def test_the_audit_redraws_the_cohorts_and_fails_a_sampler_that_breaks_its_patte
     report = audit_run(run)
     assert report.exit_status == 1
     assert "closer than the claimed separation 2" in str(report.to_dict())
+
+
+@pytest.mark.parametrize("strategy,bands,buffers", STRATEGIES)
+def test_neighbouring_populations_release_streams_apart_by_the_claimed_sensitivity(
+    strategy, bands, buffers
+):
+    """Two populations that differ in one client (its updates zeroed out), the same keys:
+    the released noised means differ by that client's clipped updates only, and ``C`` applied
+    to the difference over the whole run has norm ``clip * run_sensitivity`` at most, with
+    equality for a client of group 0 (rounds 1, 1 + b, ...: the worst-case pattern)."""
+    n, b, m, clip = 9, 3, 4, 0.5
+    sampler = CyclicCohorts(population=b * m, groups=b, cohort_size=m)  # a round = its group
+    plan = build_plan(
+        {
+            "name": "dp_ftrl",
+            "strategy": strategy,
+            "bands": bands,
+            "buffers": buffers,
+            "noise_multiplier": 1.0,
+            "clip_norm": clip,
+        },
+        sampler,
+        LocalTraining(batch_size=2),
+        rounds=n,
+    )
+    params = {"w": jnp.zeros(3)}
+    agg = plan.aggregator("count", None, params)
+    rng = np.random.default_rng(0)
+    updates = {c: rng.normal(size=3).astype(np.float32) for c in range(b * m)}
+    updates[0] = np.array([5.0, 0.0, 0.0], np.float32)  # far beyond the clip, every round
+
+    def released(without: int | None) -> np.ndarray:
+        state, out = agg.init(), []
+        for t in range(1, n + 1):
+            ids, _ = sampler.sample(jax.random.fold_in(jax.random.key(1), t), t)
+            total = weight = None
+            stats: dict = {}
+            for cid in ids.tolist():
+                mask = jnp.float32(0.0 if cid == without else 1.0)
+                c, w, st = agg.contribution(
+                    {"w": jnp.asarray(updates[cid])}, jnp.int32(10), mask, state
+                )
+                total = c if total is None else jax.tree.map(jnp.add, total, c)
+                weight = w if weight is None else weight + w
+                stats = {k: stats.get(k, 0.0) + v for k, v in st.items()}
+            mean, state, _ = agg.finalize(
+                total, weight, stats, state, jax.random.fold_in(jax.random.key(2), t)
+            )
+            out.append(np.asarray(mean["w"], np.float64))
+        return np.stack(out)
+
+    diff = (released(None) - released(0)) * m  # the zeroed client's clipped sums, per round
+    assert np.count_nonzero(np.abs(diff).max(axis=1) > 1e-4) == math.ceil(n / b)
+    streamed = _dense(plan.correlation.coefficients) @ diff
+    norm = float(np.linalg.norm(streamed))
+    assert norm <= clip * plan.correlation.run_sensitivity * (1 + 1e-4)
+    assert norm >= clip * plan.correlation.run_sensitivity * (1 - 1e-3)
+    # a client of another group participates later: never more than the claim
+    other = (released(None) - released(1)) * m
+    assert float(np.linalg.norm(_dense(plan.correlation.coefficients) @ other)) <= (
+        clip * plan.correlation.run_sensitivity * (1 + 1e-4)
+    )
