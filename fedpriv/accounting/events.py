@@ -355,16 +355,18 @@ class RoundEvent:
             put("sampling_rate", _checks.probability("sampling_rate", self.sampling_rate))
             if self.cohort_size is not None:
                 put("cohort_size", _checks.nonnegative("cohort_size", self.cohort_size))
-        elif self.sampling == "fixed":
-            if self.population is None:
-                raise ConfigError("population", "is required for sampling='fixed'")
-            if self.cohort_size is None:
-                raise ConfigError("cohort_size", "is required for sampling='fixed'")
+        elif self.sampling in ("fixed", "cyclic"):
+            # Exactly cohort_size clients a round: of the population (fixed), or of the
+            # round's group (cyclic); cohort_size / population is the rate either way.
+            for name in ("population", "cohort_size"):
+                if getattr(self, name) is None:
+                    raise ConfigError(name, f"is required for sampling={self.sampling!r}")
             m = _checks.integer("cohort_size", self.cohort_size, 1)
             if m > self.population:
                 raise ConfigError(
                     "cohort_size",
-                    f"must be <= population ({self.population}) for sampling='fixed', got {m}",
+                    f"must be <= population ({self.population}) for "
+                    f"sampling={self.sampling!r}, got {m}",
                 )
             put("cohort_size", m)
             if self.sampling_rate is not None:
@@ -375,19 +377,6 @@ class RoundEvent:
                         f"is {rate!r} but cohort_size / population = {m / self.population!r}",
                     )
                 put("sampling_rate", rate)
-        elif self.sampling == "cyclic":
-            for name in ("population", "cohort_size"):
-                if getattr(self, name) is None:
-                    raise ConfigError(name, "is required for sampling='cyclic'")
-            m = _checks.integer("cohort_size", self.cohort_size, 1)
-            if m > self.population:
-                raise ConfigError(
-                    "cohort_size",
-                    f"must be <= population ({self.population}) for sampling='cyclic', got {m}",
-                )
-            put("cohort_size", m)
-            if self.sampling_rate is not None:
-                put("sampling_rate", _checks.probability("sampling_rate", self.sampling_rate))
         else:  # full participation
             if self.sampling_rate is not None:
                 rate = _checks.probability("sampling_rate", self.sampling_rate)
