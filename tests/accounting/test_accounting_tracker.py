@@ -12,6 +12,7 @@ from fedpriv.accounting import (
     epsilon,
     example_dp_events,
     fixed_cohort_events,
+    full_participation_events,
     poisson_events,
 )
 from fedpriv.accounting._rdp import _dp_accounting_epsilon
@@ -41,8 +42,46 @@ def test_tracker_equals_epsilon_of_every_prefix(accountant):
     assert tracker.rounds == len(events) and tracker.epsilon == values[-1]
 
 
-def test_pld_tracker_equals_epsilon_of_every_prefix():
-    events = poisson_events(0.05, 2.0, 2) + poisson_events(0.05, 3.0, 2)
+def _amplified_banded_records(rounds, groups):
+    # Banded MF amplified by cyclic Poisson sampling: one Poisson-sampled release on each
+    # round of group 0, nothing released by the other rounds (increment 0).
+    return [
+        {
+            "format": 1,
+            "round": t,
+            "mechanism": "gaussian_mf",
+            "unit": "user",
+            "sampling": "cyclic_poisson",
+            "sampling_rate": 0.1,
+            "population": 1000,
+            "cohort_size": 10.0,
+            "noise_multiplier": 0.85,
+            "clip_norm": 1.0,
+            "noise_std": 0.85,
+            "steps": 1,
+            "strategy": "banded",
+            "strategy_digest": "a45f3fce935a61a6",
+            "min_separation": groups,
+            "max_participations": -(-rounds // groups),
+            "run_sensitivity": 1.0,
+            "sensitivity_increment": 1.0 if (t - 1) % groups == 0 else 0.0,
+        }
+        for t in range(1, rounds + 1)
+    ]
+
+
+@pytest.mark.parametrize("kind", ["poisson", "full", "amplified"])
+def test_pld_tracker_equals_epsilon_of_every_prefix(kind):
+    # The tracker reuses one-round PLDs and finished groups; a setting seen before (the
+    # last group) must reuse the cache and still give dp_accounting's number exactly.
+    if kind == "poisson":
+        events = (
+            poisson_events(0.05, 2.0, 2) + poisson_events(0.05, 3.0, 2) + poisson_events(0.05, 2.0, 2)
+        )
+    elif kind == "full":
+        events = full_participation_events(3.0, 2) + full_participation_events(4.0, 2)
+    else:
+        events = _amplified_banded_records(7, 3)
     tracker = EpsilonTracker(1e-6, "pld")
     values = [tracker.add(ev) for ev in events]
     for t, value in enumerate(values, start=1):
