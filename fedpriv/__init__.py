@@ -2,9 +2,9 @@
 
 The Python API: :func:`simulate` trains a run described by typed settings
 (:class:`Population`, :class:`Model`, :class:`LocalTraining`, :class:`Poisson`,
-:class:`FixedCohort`, :class:`Cyclic`, an algorithm of :mod:`fedpriv.algorithms` and a mechanism of
-:mod:`fedpriv.mechanisms`) and returns a :class:`RunResult` whose epsilon is accounted from
-the run's own ledger.
+:class:`FixedCohort`, :class:`Cyclic`, :class:`CyclicPoisson`, :class:`MinSeparation`, an
+algorithm of :mod:`fedpriv.algorithms` and a mechanism of :mod:`fedpriv.mechanisms`) and
+returns a :class:`RunResult` whose epsilon is accounted from the run's own ledger.
 
 Importing fedpriv changes nothing in the process; a program that wants one XLA device per
 CPU core calls :func:`expose_cpu_devices` before JAX starts (the ``fedpriv-*`` commands do).
@@ -14,8 +14,10 @@ from fedpriv import algorithms, mechanisms
 from fedpriv._cpu_devices import expose_cpu_devices
 from fedpriv.api import (
     Cyclic,
+    CyclicPoisson,
     FixedCohort,
     LocalTraining,
+    MinSeparation,
     Model,
     Poisson,
     Population,
@@ -26,8 +28,10 @@ from fedpriv.api import (
 
 __all__ = [
     "Cyclic",
+    "CyclicPoisson",
     "FixedCohort",
     "LocalTraining",
+    "MinSeparation",
     "Model",
     "Poisson",
     "Population",

@@ -3,8 +3,8 @@
 A run is described by typed choices of the configuration groups
 (:class:`~fedpriv.groups.ConfigGroup`): a :class:`Population` (the ``dataset`` group), a
 :class:`Model`, an algorithm (:mod:`fedpriv.algorithms`), :class:`LocalTraining` (the
-``client`` group), the sampling (:class:`Poisson`, :class:`FixedCohort` or
-:class:`Cyclic`) and a privacy
+``client`` group), the sampling (:class:`Poisson`, :class:`FixedCohort`, :class:`Cyclic`,
+:class:`CyclicPoisson` or :class:`MinSeparation`) and a privacy
 mechanism (:mod:`fedpriv.mechanisms`). Each selects a preset of ``fedpriv/conf`` and
 replaces the fields that are set; :func:`simulate` composes them, validates the result once
 (:func:`fedpriv.config.validate`, the same checks as ``fedpriv-train``) and runs it with the
@@ -41,13 +41,24 @@ from fedpriv.fl import loop
 from fedpriv.fl.experiment import data_rng
 from fedpriv.groups import ConfigGroup, merge
 from fedpriv.privacy.mechanisms.base import Mechanism, PrivacyPlan
-from fedpriv.settings import Cyclic, FixedCohort, LocalTraining, Model, Poisson, RunConfig
+from fedpriv.settings import (
+    Cyclic,
+    CyclicPoisson,
+    FixedCohort,
+    LocalTraining,
+    MinSeparation,
+    Model,
+    Poisson,
+    RunConfig,
+)
 from fedpriv.validation import read_jsonl
 
 __all__ = [
     "Cyclic",
+    "CyclicPoisson",
     "FixedCohort",
     "LocalTraining",
+    "MinSeparation",
     "Model",
     "Poisson",
     "Population",
@@ -214,7 +225,7 @@ def simulate(
     model: Model | str | None = None,
     algorithm: ConfigGroup | None = None,
     local: LocalTraining | None = None,
-    sampling: Poisson | FixedCohort | Cyclic | None = None,
+    sampling: Poisson | FixedCohort | Cyclic | CyclicPoisson | MinSeparation | None = None,
     mechanism: Mechanism | None = None,
     rounds: int | None = None,
     seed: int = 0,
@@ -233,8 +244,9 @@ def simulate(
         model: a :class:`Model` or a model preset's name.
         algorithm: an algorithm of :mod:`fedpriv.algorithms`.
         local: the clients' local training (:class:`LocalTraining`).
-        sampling: :class:`Poisson`, :class:`FixedCohort` or :class:`Cyclic` (cyclic
-            participation, for correlated noise: ``mechanisms.DpFtrl``).
+        sampling: :class:`Poisson`, :class:`FixedCohort`, :class:`Cyclic`,
+            :class:`CyclicPoisson` or :class:`MinSeparation` (the last three for correlated
+            noise: ``mechanisms.DpFtrl``).
         mechanism: a mechanism of :mod:`fedpriv.mechanisms` (``NoPrivacy()`` for
             none).
         rounds: training rounds.

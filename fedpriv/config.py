@@ -25,7 +25,7 @@ FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10", "femnist", "shakespeare", 
 MODELS = ("logreg", "mlp", "cnn", "cnn_cifar", "resnet18_gn", "char_lstm")
 ALGORITHMS = tuple(algorithms.by_name())
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
-SAMPLINGS = ("fixed", "poisson", "cyclic")
+SAMPLINGS = ("fixed", "poisson", "cyclic", "cyclic_poisson", "min_separation")
 CLIENT_OPTIMIZERS = ("sgd", "adam")
 #: The privacy mechanisms (the registry's names, :mod:`fedpriv.privacy.mechanisms`).
 PRIVACY = tuple(mechanisms.names())
@@ -330,6 +330,31 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
                 f"must be at most the smallest group's size {int(clients) // groups} "
                 f"(dataset.num_clients={clients} in sampling.groups={groups}), got {size}",
             )
+    elif sampling == "cyclic_poisson":
+        groups = number(cfg, "sampling.groups", low=1, integer=True)
+        if clients is not None and groups > int(clients):
+            raise ConfigError(
+                "sampling.groups",
+                f"must be at most the population (dataset.num_clients={clients}), got {groups}",
+            )
+        number(cfg, "sampling.rate", low=0, high=1, low_open=True)
+    elif sampling == "min_separation":
+        separation = number(cfg, "sampling.separation", low=1, integer=True)
+        size = number(cfg, "sampling.cohort_size", low=1, integer=True, required=False)
+        rate = number(cfg, "sampling.rate", low=0, high=1, low_open=True, required=False)
+        if (size is None) == (rate is None):
+            raise ConfigError(
+                "sampling.cohort_size",
+                "set exactly one of sampling.cohort_size (fixed-size) and sampling.rate "
+                "(Poisson) with sampling=min_separation",
+            )
+        if size is not None and clients is not None and size * separation > int(clients):
+            raise ConfigError(
+                "sampling.cohort_size",
+                f"must be at most dataset.num_clients / sampling.separation = "
+                f"{int(clients) // separation} so that enough clients are always eligible, "
+                f"got {size}",
+            )
     else:
         number(cfg, "sampling.rate", low=0, high=1, low_open=True)
 
@@ -348,6 +373,9 @@ def validate(cfg: Mapping[str, Any]) -> RunConfig:
         _private_npz(cfg)
     # Every default and range check of the block lives in its mechanism's module.
     mechanisms.get(privacy).validate(_get(cfg, "privacy", {}) or {})
+    mechanisms.get(privacy).validate_sampling(
+        _get(cfg, "privacy", {}) or {}, _get(cfg, "sampling", {}) or {}
+    )
 
     devices = _get(cfg, "execution.devices", "auto")
     if devices not in (None, "auto"):

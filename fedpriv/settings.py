@@ -40,11 +40,13 @@ __all__ = [
     "Checkpointing",
     "Compute",
     "Cyclic",
+    "CyclicPoisson",
     "Execution",
     "Faults",
     "FixedCohort",
     "Hierarchy",
     "LocalTraining",
+    "MinSeparation",
     "Model",
     "Poisson",
     "RunConfig",
@@ -166,10 +168,74 @@ class Cyclic(ConfigGroup):
             )
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CyclicPoisson(ConfigGroup):
+    """Cyclic participation with Poisson sampling in the group: the clients in ``groups``
+    fixed groups, and in round ``t`` each client of group ``(t - 1) mod groups`` joining
+    with probability ``rate`` (:class:`fedpriv.fl.sampling.CyclicPoisson`); the scheme
+    amplified banded matrix factorisation (``privacy=dp_ftrl``, ``strategy=banded``) is
+    accounted for."""
+
+    group = "sampling"
+    preset = "cyclic_poisson"
+    preset_key = "kind"
+    kind: ClassVar[str] = "cyclic_poisson"
+
+    groups: int | None = None
+    rate: float | None = None
+
+    def sampler(self, population: int) -> sampling_lib.CyclicPoisson:
+        """The sampler over ``population`` clients.
+
+        Raises:
+            ConfigError: naming ``sampling.groups`` or ``sampling.rate``.
+        """
+        with config_fields(sampling_lib.SAMPLING_FIELDS):
+            return sampling_lib.build_sampler(
+                "cyclic_poisson", population, None, self.rate, self.groups
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MinSeparation(ConfigGroup):
+    """b-min-separation: a client is eligible again ``separation`` rounds after it took
+    part; each round draws ``cohort_size`` of the eligible clients, or each with
+    probability ``rate`` (:class:`fedpriv.fl.sampling.MinSeparation`). The participation
+    correlated-noise mechanisms (``privacy=dp_ftrl``) compute their sensitivity for,
+    without fixing which rounds a client may take."""
+
+    group = "sampling"
+    preset = "min_separation"
+    preset_key = "kind"
+    kind: ClassVar[str] = "min_separation"
+
+    separation: int | None = None
+    cohort_size: int | None = None
+    rate: float | None = None
+
+    def sampler(self, population: int) -> sampling_lib.MinSeparation:
+        """The sampler over ``population`` clients.
+
+        Raises:
+            ConfigError: naming ``sampling.separation``, ``sampling.cohort_size`` or
+                ``sampling.rate``.
+        """
+        with config_fields(sampling_lib.SAMPLING_FIELDS):
+            return sampling_lib.build_sampler(
+                "min_separation",
+                population,
+                self.cohort_size,
+                self.rate,
+                separation=self.separation,
+            )
+
+
 _SAMPLINGS: dict[str, type[ConfigGroup]] = {
     "poisson": Poisson,
     "fixed": FixedCohort,
     "cyclic": Cyclic,
+    "cyclic_poisson": CyclicPoisson,
+    "min_separation": MinSeparation,
 }
 
 

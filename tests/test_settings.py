@@ -16,10 +16,12 @@ from fedpriv.settings import (
     Availability,
     Compute,
     Cyclic,
+    CyclicPoisson,
     Execution,
     FixedCohort,
     Hierarchy,
     LocalTraining,
+    MinSeparation,
     Poisson,
     RunConfig,
     SecureAggregation,
@@ -68,7 +70,13 @@ def test_a_preset_key_the_file_lacks_is_none_and_the_file_keys_are_the_group_key
 
 
 def test_typed_choices_of_sampling_and_algorithm():
-    assert group_classes("sampling") == [Poisson, FixedCohort, Cyclic]
+    assert group_classes("sampling") == [
+        Poisson,
+        FixedCohort,
+        Cyclic,
+        CyclicPoisson,
+        MinSeparation,
+    ]
     assert set(algorithms.by_name()) == {
         "fedavg",
         "fedavgm",

@@ -2,10 +2,11 @@
 
 Same workload as ``fedavg_2nn.py`` (2NN 784-200-200-10, 50 examples per client, batch 10, 1
 epoch, cohort C). DP-FedAvg (clip 1, noise multiplier 1) and the correlated-noise rounds
-(banded with 4 bands, BLT with 3 buffers, both optimised for 100 rounds with a client every
-10 rounds) are compiled in this process. Their rounds are timed interleaved, each pair in
-alternating order, and the overhead of each is the ratio of median round times minus one.
-The noise state's size (model copies held in the server state) is reported beside it.
+(tree aggregation over 100 rounds, banded with 4 bands and BLT with 3 buffers optimised for
+100 rounds, a client every 10 rounds) are compiled in this process. Their rounds are timed
+interleaved, each pair in alternating order, and the overhead of each is the ratio of
+median round times minus one. The noise state's size (model copies held in the server
+state) is reported beside it.
 
     python experiments/benchmarks/correlated_noise.py --cohort 1000 --pairs 7 [--json]
 """
@@ -31,7 +32,12 @@ except ImportError:  # run as a module from the repository root
     from experiments.benchmarks.fedavg_2nn import N_EXAMPLES, fedpriv_round, population
 
 PLANNED_ROUNDS, SEPARATION = 100, 10
-VARIANTS = {"dp_fedavg": None, "banded_4": ("banded", 4, 1), "blt_3": ("blt", 1, 3)}
+VARIANTS = {
+    "dp_fedavg": None,
+    "tree": ("tree", 1, 1),
+    "banded_4": ("banded", 4, 1),
+    "blt_3": ("blt", 1, 3),
+}
 
 
 def _aggregator(strategy: str, bands: int, buffers: int, cohort: int):

@@ -105,7 +105,14 @@ LEDGER_FORMAT = 1
 UNITS: tuple[str, ...] = ("user", "example", "gateway")
 #: Units accounted like user-level DP (one clipped contribution per unit per round).
 _USER_LIKE: tuple[str, ...] = ("user", "gateway")
-SAMPLINGS: tuple[str, ...] = ("poisson", "fixed", "full", "cyclic")
+SAMPLINGS: tuple[str, ...] = (
+    "poisson",
+    "fixed",
+    "full",
+    "cyclic",
+    "cyclic_poisson",
+    "min_separation",
+)
 DISTRIBUTED_MECHANISMS: tuple[str, ...] = ("skellam", "discrete_gaussian")
 #: Accounting of the sampling of a distributed-DP round (see the module docstring).
 AMPLIFICATIONS: tuple[str, ...] = ("none", "sampling")
@@ -349,9 +356,9 @@ class RoundEvent:
                 )
 
     def _check_sampling(self, put: Any) -> None:
-        if self.sampling == "poisson":
+        if self.sampling in ("poisson", "cyclic_poisson", "min_separation"):
             if self.sampling_rate is None:
-                raise ConfigError("sampling_rate", "is required for sampling='poisson'")
+                raise ConfigError("sampling_rate", f"is required for sampling={self.sampling!r}")
             put("sampling_rate", _checks.probability("sampling_rate", self.sampling_rate))
             if self.cohort_size is not None:
                 put("cohort_size", _checks.nonnegative("cohort_size", self.cohort_size))

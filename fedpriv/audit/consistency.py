@@ -566,14 +566,21 @@ def check_denominator(run: RunFiles) -> Check:
             f"ledger's expected cohort, e.g. round {m['round']}: divided by "
             f"{m['denominator']:.6g}{why}, expected cohort {m['cohort_size']:.6g}"
         )
-    poisson = [ev for ev in run.events if ev.sampling == "poisson" and ev.unit != "example"]
+    poisson = [
+        ev
+        for ev in run.events
+        if ev.sampling in ("poisson", "cyclic_poisson") and ev.unit != "example"
+    ]
     for ev in poisson:
         if ev.population is not None and ev.cohort_size is not None:
-            qn = ev.sampling_rate * ev.population
+            # cyclic Poisson: the rate applies within one of min_separation groups
+            groups = ev.min_separation if ev.sampling == "cyclic_poisson" else 1
+            qn = ev.sampling_rate * ev.population / groups
             if not _close(ev.cohort_size, qn, 1e-6):
+                formula = "sampling_rate x population" + (" / groups" if groups != 1 else "")
                 problems.append(
                     f"round {ev.round}: ledger cohort_size {ev.cohort_size:.6g} is not the "
-                    f"expected cohort sampling_rate x population = {qn:.6g}"
+                    f"expected cohort {formula} = {qn:.6g}"
                 )
                 break
     evidence = {

@@ -168,6 +168,21 @@ def describe(run: RunFiles, acc: AccountingAudit | None) -> str:
             parts.append(f"Poisson client sampling q={ev.sampling_rate:g}")
         elif ev.sampling == "fixed":
             parts.append(f"fixed cohorts of {int(ev.cohort_size)} of {ev.population} clients")
+        elif ev.sampling == "cyclic":
+            parts.append(
+                f"cyclic cohorts of {int(ev.cohort_size)} of {ev.population} clients, a client "
+                f"every {ev.min_separation} rounds"
+            )
+        elif ev.sampling == "min_separation":
+            parts.append(
+                f"min-separation sampling, a client at least {ev.min_separation} rounds apart, "
+                f"expected cohort {ev.cohort_size:g} of {ev.population} clients"
+            )
+        elif ev.sampling == "cyclic_poisson":
+            parts.append(
+                f"cyclic Poisson sampling q={ev.sampling_rate:g} in {ev.min_separation} groups "
+                f"of {ev.population} clients"
+            )
         else:
             parts.append("full participation")
         if ev.unit == "example":

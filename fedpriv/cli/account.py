@@ -8,10 +8,14 @@ Examples::
         --rounds 100 --delta 1e-6 --json
     fedpriv-account --target-epsilon 4 --strategy banded --bands 4 --min-separation 10 \\
         --rounds 100 --delta 1e-5
+    fedpriv-account --target-epsilon 4 --strategy banded --bands 4 --min-separation 10 \\
+        --sampling-rate 0.2 --rounds 100 --delta 1e-5
 
 With ``--strategy`` the plan is correlated noise (``privacy=dp_ftrl``): the strategy optimised
 for the rounds, a client taking part at least ``--min-separation`` rounds apart and at most
-``--max-participations`` times (default ``ceil(rounds / min_separation)``), no amplification.
+``--max-participations`` times (default ``ceil(rounds / min_separation)``), no amplification;
+with ``--sampling-rate Q`` and ``--strategy banded``, cyclic Poisson sampling in
+``--min-separation`` groups (``sampling=cyclic_poisson``), amplified.
 
 Without ``--accountant`` every accountant that supports the plan is used (fixed-size cohorts:
 ``rdp`` only). ``--json`` prints one JSON object ``{accountant: number}`` (``null`` for an
@@ -116,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategy",
         metavar="S",
-        help="correlated noise (privacy=dp_ftrl): independent, banded or blt",
+        help="correlated noise (privacy=dp_ftrl): independent, tree, banded or blt",
     )
     p.add_argument("--bands", type=int, default=4, metavar="B", help="banded: bands (4)")
     p.add_argument("--buffers", type=int, default=3, metavar="K", help="blt: buffers (3)")
@@ -139,9 +143,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_correlated(args: argparse.Namespace) -> dict[str, float]:
     """``--strategy``: epsilon or the calibrated noise of correlated-noise rounds."""
-    for flag, value in (("--sampling-rate", args.sampling_rate), ("--cohort", args.cohort)):
-        if value is not None:
-            raise ConfigError(flag, "cannot be combined with --strategy (no amplification)")
+    if args.cohort is not None:
+        raise ConfigError("--cohort", "cannot be combined with --strategy (no amplification)")
+    rate = args.sampling_rate
+    if rate is not None and (args.strategy != "banded" or not 0 < rate <= 1):
+        raise ConfigError(
+            "--sampling-rate",
+            "with --strategy: only banded is amplified (cyclic Poisson sampling), at a rate "
+            f"in (0, 1]; got --strategy {args.strategy} --sampling-rate {rate:g}",
+        )
     rounds = args.rounds
     if rounds is None or rounds < 1:
         raise ConfigError("--rounds", f"must be an integer >= 1, got {rounds!r}")
@@ -150,6 +160,10 @@ def _run_correlated(args: argparse.Namespace) -> dict[str, float]:
         raise ConfigError("--min-separation", f"must be in [1, {rounds}], got {sep}")
     most = math.ceil(rounds / sep)
     k = most if args.max_participations is None else args.max_participations
+    if rate is not None and k != most:
+        raise ConfigError(
+            "--max-participations", "is ceil(rounds / min_separation) with --sampling-rate"
+        )
     if not 1 <= k <= most:
         raise ConfigError("--max-participations", f"must be in [1, {most}], got {k}")
     for flag, value, high in (("--bands", args.bands, None), ("--buffers", args.buffers, 15)):
@@ -174,6 +188,7 @@ def _run_correlated(args: argparse.Namespace) -> dict[str, float]:
         buffers=args.buffers,
         noise_multiplier=args.noise_multiplier or 1.0,
         delta=delta,
+        sampling_rate=rate,
     )
     results: dict[str, float] = {}
     for name in names:
@@ -196,10 +211,15 @@ def _run_correlated(args: argparse.Namespace) -> dict[str, float]:
         if args.target_epsilon is None
         else f"target epsilon {args.target_epsilon:g}"
     )
+    scheme = (
+        "no amplification"
+        if rate is None
+        else f"amplified: cyclic Poisson sampling at rate {rate:g} in {sep} groups"
+    )
     print(
         f"{head}; {args.strategy} strategy{size.get(args.strategy, '')}, {rounds} rounds, a "
         f"client at least {sep} rounds apart and at most {k} times, delta={delta:g} "
-        f"(add/remove one client; no amplification); sensitivity {corr.run_sensitivity:.6g}"
+        f"(add/remove one client; {scheme}); sensitivity {corr.run_sensitivity:.6g}"
     )
     width = max(len("accountant"), *(len(n) for n in results))
     print(f"{'accountant':<{width}}  {quantity:>16}")

@@ -231,6 +231,9 @@ def build(run: RunConfig) -> Experiment:
     n_cap = int(sizes.max() if max_examples is None else min(sizes.max(), max_examples))
     num_canaries, num_unseen = run.canaries.count, run.canaries.unseen
     sampler = run.sampling.sampler(data.train.num_clients + num_canaries)
+    if hasattr(sampler, "bind"):  # a sampler whose draws depend on the earlier rounds'
+        root = purpose_key(seed, KEY_SAMPLING)
+        sampler = sampler.bind(lambda rnd: jax.random.fold_in(root, rnd))
     hier = hierarchy.from_settings(run.hierarchy, data.train.num_clients)
     if hier is not None:  # with dp_unit=gateway the sampler draws gateways
         sampler = hier.wrap_sampler(sampler, run.sampling)

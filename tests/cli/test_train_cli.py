@@ -53,7 +53,28 @@ BAD_INPUTS = [
         "sampling.cohort_size",
         "smallest group",
     ),
-    (["privacy=dp_ftrl", "privacy.strategy=tree"], "privacy.strategy", "choose from"),
+    (["privacy=dp_ftrl", "privacy.strategy=trees"], "privacy.strategy", "choose from"),
+    (
+        ["privacy=dp_ftrl", "privacy.strategy=blt", "sampling=cyclic_poisson"],
+        "privacy.strategy",
+        "strategy=banded only",
+    ),
+    (
+        ["privacy=dp_ftrl", "privacy.bands=12", "sampling=cyclic_poisson"],
+        "privacy.bands",
+        "at most sampling.groups=10 bands",
+    ),
+    (["privacy=user_dp", "sampling=cyclic_poisson"], "sampling.kind", "not 'cyclic_poisson'"),
+    (
+        ["privacy=dp_ftrl", "sampling=min_separation", "sampling.rate=0.1"],
+        "sampling.cohort_size",
+        "exactly one of",
+    ),
+    (
+        ["privacy=dp_ftrl", "sampling=min_separation", "sampling.separation=5"],
+        "sampling.cohort_size",
+        "dataset.num_clients / sampling.separation",
+    ),
     (["privacy=dp_ftrl", "privacy.buffers=16"], "privacy.buffers", "[1, 15]"),
     (
         ["privacy=dp_ftrl", "sampling=cyclic", "sampling.groups=4", "secagg=fast"],

@@ -465,6 +465,17 @@ class Mechanism(LedgerKind, ConfigGroup):
         """
         DpSettings.read(privacy_cfg, self.accountants, strict=True)
 
+    def validate_sampling(
+        self, privacy_cfg: Mapping[str, Any], sampling_cfg: Mapping[str, Any]
+    ) -> None:
+        """Checks what the ``privacy`` block needs of the ``sampling`` block, beyond its
+        kind (:attr:`samplings`); nothing by default.
+
+        Raises:
+            ConfigError: naming the field.
+        """
+        del privacy_cfg, sampling_cfg
+
     def build(
         self,
         privacy_cfg: Mapping[str, Any],

@@ -12,6 +12,10 @@ noised sum is divided by the cohort size, a public constant, as DP-FedAvg does. 
 * ``independent``: ``C = I``, independent noise per round. The baseline is DP-FedAvg
   without amplification by sampling, with the sensitivity of every participation of a
   client.
+* ``tree``: tree aggregation with the efficient (Honaker) estimator, streamed on the
+  device (:mod:`fedpriv.privacy.tree_aggregation`, fedpriv's own code: jax_privacy has no
+  tree). Its encoder is not Toeplitz; its sensitivity is Algorithm 4's bound of
+  Choquette-Choo et al. 2023, and the prefix sensitivities ``s_t`` are bounds as well.
 * ``banded``: a banded Toeplitz ``C`` with ``privacy.bands`` bands, optimised for the run's
   rounds (banded matrix factorisation; Choquette-Choo et al. 2023).
 * ``blt``: a buffered linear Toeplitz ``C`` with ``privacy.buffers`` buffers, optimised for
@@ -27,14 +31,21 @@ per-round increments (:func:`worst_case_participation`) and the aggregation tran
 Participation and sensitivity. The sampler that runs says which rounds one client can take
 part in (:meth:`fedpriv.fl.sampling.CyclicCohorts.participation`). ``sampling=cyclic`` with
 ``b`` groups means at least ``b`` rounds apart and at most ``k = ceil(n / b)`` times.
-``fixed`` and ``poisson`` mean any round, up to ``n`` times, and no amplification is
-claimed. For non-negative, non-increasing Toeplitz coefficients ``c``, the L2 sensitivity of
-``C x`` under that pattern is ``||sum_{i<k} C e_{i b}||``: the worst case participates as
-early and as often as allowed (jax_privacy's ``toeplitz.minsep_sensitivity_squared``,
-exact by Theorem 2 of Kalinin and Lampert 2024). The same holds for every prefix of
-``t`` rounds, whose sensitivity ``s_t`` is ``||u_{1..t}||``, where
-``u = sum_{i<k} C e_{i b}``. A round's ledger record carries the increment
-``s_t^2 - s_{t-1}^2 = u_t^2``.
+``sampling=min_separation`` with separation ``b`` means the same pattern, with any rounds
+that keep it. ``fixed`` and ``poisson`` mean any round, up to ``n`` times, and no
+amplification is claimed. ``sampling=cyclic_poisson`` (the groups of ``cyclic``, each
+client of the round's group joining with probability ``q``) with a banded strategy of at
+most ``b`` bands is accounted with amplification (Choquette-Choo et al. 2023, the event of
+jax_privacy's ``experimental.accounting.amplified_bandmf_event``): ``ceil(n / b)``
+Poisson-subsampled Gaussian releases of sensitivity ``max_j ||C e_j||``, one on each round
+of group 0.
+
+Otherwise, for non-negative, non-increasing Toeplitz coefficients ``c``, the L2 sensitivity
+of ``C x`` under the pattern is ``||sum_{i<k} C e_{i b}||``: the worst case participates as
+early and as often as allowed (jax_privacy's ``toeplitz.minsep_sensitivity_squared``, exact
+by Theorem 2 of Kalinin and Lampert 2024). The same holds for every prefix of ``t`` rounds,
+whose sensitivity ``s_t`` is ``||u_{1..t}||``, where ``u = sum_{i<k} C e_{i b}``. A round's
+ledger record carries the increment ``s_t^2 - s_{t-1}^2 = u_t^2``.
 
 Accounting. Releasing the first ``t`` noised sums is one Gaussian mechanism with
 sensitivity ``C s_t`` and noise ``sigma`` (adaptive inputs included, Denisov et al. 2022),
@@ -88,7 +99,8 @@ from fedpriv.fl.aggregators import (
     identity_client,
     identity_scale,
 )
-from fedpriv.fl.sampling import CyclicCohorts, Participation
+from fedpriv.fl.sampling import CyclicCohorts, CyclicPoisson, MinSeparation, Participation
+from fedpriv.privacy import tree_aggregation
 from fedpriv.privacy.aggregators import UPDATE_NOISE_SLOT, clip_transform, mean
 from fedpriv.privacy.ledger import LEDGER_FORMAT
 from fedpriv.privacy.mechanisms._registry import register
@@ -108,7 +120,7 @@ if TYPE_CHECKING:
 
 PyTree = Any
 
-STRATEGIES: tuple[str, ...] = ("independent", "banded", "blt")
+STRATEGIES: tuple[str, ...] = ("independent", "tree", "banded", "blt")
 #: The purpose id of the sampling keys in the documented key schedule (DESIGN.md rule 5).
 SAMPLING_PURPOSE = 2
 #: The most buffers jax_privacy's BLT optimiser takes.
@@ -157,13 +169,17 @@ class NoiseCorrelation:
     """A run's strategy matrix and what its accounting needs.
 
     Attributes:
-        strategy: ``independent``, ``banded`` or ``blt``.
-        coefficients: the first column of ``C`` over the planned rounds (float64).
-        noising: ``C^-1`` as a jax_privacy ``StreamingMatrix`` (float32).
+        strategy: ``independent``, ``tree``, ``banded`` or ``blt``.
+        coefficients: the first column of ``C`` over the planned rounds (float64); for
+            ``tree``, the weight of each level's own noise in its estimate.
+        noising: ``C^-1`` as a jax_privacy ``StreamingMatrix`` (float32); None for ``tree``.
         participation: the pattern the sensitivity covers.
         run_sensitivity: ``s_n``, the sensitivity of the whole run in units of the clip.
         increments: ``s_t^2 - s_{t-1}^2`` for ``t = 1..n``.
-        bands, buffers: the strategy's size (``banded``; ``blt``).
+        bands, buffers, levels: the strategy's size (``banded``; ``blt``; ``tree``).
+        amplified: accounted with amplification by cyclic Poisson sampling (``banded``):
+            ``run_sensitivity`` is then the largest column norm of ``C``, and ``increments``
+            hold its square on the rounds of group 0 (``1, 1 + b, ...``), zero elsewhere.
         digest: SHA-256 of the coefficients (what the ledger records of the strategy).
     """
 
@@ -176,6 +192,14 @@ class NoiseCorrelation:
     bands: int | None = None
     buffers: int | None = None
     digest: str = ""
+    levels: int | None = None
+    amplified: bool = False
+
+    def transform(self, std_per_clip: float) -> AggregationTransform:
+        """The aggregation transform that adds this strategy's noise."""
+        if self.strategy == "tree":
+            return tree_aggregation.tree_gaussian(int(self.levels), std_per_clip)
+        return correlated_gaussian(self.noising, std_per_clip)
 
     def describe(self) -> dict[str, Any]:
         """Plain values for ``summary.json``."""
@@ -183,6 +207,8 @@ class NoiseCorrelation:
             "strategy": self.strategy,
             "bands": self.bands,
             "buffers": self.buffers,
+            "levels": self.levels,
+            "amplified": self.amplified,
             "min_separation": self.participation.min_separation,
             "max_participations": self.participation.max_participations,
             "run_sensitivity": self.run_sensitivity,
@@ -274,14 +300,26 @@ def run_sensitivity(coefficients: np.ndarray, participation: Participation) -> f
 
 
 def build_correlation(
-    strategy: str, rounds: int, participation: Participation, bands: int, buffers: int
+    strategy: str,
+    rounds: int,
+    participation: Participation,
+    bands: int,
+    buffers: int,
+    *,
+    amplified: bool = False,
 ) -> NoiseCorrelation:
-    """The :class:`NoiseCorrelation` of a run.
+    """The :class:`NoiseCorrelation` of a run (``amplified``: for cyclic Poisson sampling,
+    banded strategies of at most ``participation.min_separation`` bands only).
 
     Raises:
         ConfigError: naming ``privacy.strategy`` when the optimised strategy's coefficients
-            are not non-negative and non-increasing.
+            are not non-negative and non-increasing, or amplification is asked of a strategy
+            it does not cover; ``privacy.bands`` when there are more bands than groups.
     """
+    if amplified:
+        return _amplified_correlation(int(rounds), participation, int(bands))
+    if strategy == "tree":
+        return _tree_correlation(int(rounds), participation)
     coef, noising = strategy_matrix(strategy, rounds, participation, bands, buffers)
     try:
         sens = run_sensitivity(coef, participation)
@@ -298,6 +336,75 @@ def build_correlation(
         bands=int(bands) if strategy == "banded" else None,
         buffers=int(buffers) if strategy == "blt" else None,
         digest=digest(coef),
+    )
+
+
+def _check_amplified(strategy: str, bands: int, groups: int) -> None:
+    """Amplification by cyclic Poisson sampling covers banded strategies of at most
+    ``groups`` bands.
+
+    Raises:
+        ConfigError: naming ``privacy.strategy`` or ``privacy.bands``.
+    """
+    if strategy != "banded":
+        raise ConfigError(
+            "privacy.strategy",
+            f"sampling=cyclic_poisson is accounted with amplification for strategy=banded "
+            f"only; run strategy={strategy} with sampling=cyclic",
+        )
+    if bands > groups:
+        raise ConfigError(
+            "privacy.bands",
+            f"amplified banded noise needs at most sampling.groups={groups} bands, got {bands}",
+        )
+
+
+def _amplified_correlation(
+    rounds: int, participation: Participation, bands: int
+) -> NoiseCorrelation:
+    """Banded MF amplified by cyclic Poisson sampling (Choquette-Choo et al. 2023,
+    Section 4): with ``bands <= b`` the rows of ``C x`` that two participations of a client
+    touch are disjoint, so the run is ``ceil(n / b)`` Poisson-subsampled Gaussian releases
+    of sensitivity ``max_j ||C e_j||`` (jax_privacy's
+    ``experimental.accounting.amplified_bandmf_event``). Each group-0 round (``1, 1 + b,
+    ...``) carries one release; a client of another group has as many or fewer by then."""
+    b = int(participation.min_separation)
+    _check_amplified("banded", bands, b)
+    coef, noising = strategy_matrix("banded", rounds, participation, bands, 1)
+    column = float(np.linalg.norm(coef))  # the first column is the longest
+    increments = np.zeros(int(rounds))
+    increments[::b] = column**2
+    return NoiseCorrelation(
+        strategy="banded",
+        coefficients=coef,
+        noising=noising,
+        participation=participation,
+        run_sensitivity=column,
+        increments=increments,
+        bands=min(bands, int(rounds)),
+        digest=digest(coef),
+        amplified=True,
+    )
+
+
+def _tree_correlation(rounds: int, participation: Participation) -> NoiseCorrelation:
+    """Tree aggregation with the efficient estimator over ``rounds`` rounds
+    (:mod:`fedpriv.privacy.tree_aggregation`): the prefix bounds ``S_t`` give the
+    increments."""
+    levels = tree_aggregation.levels(rounds)
+    weights = tree_aggregation.level_variances(levels, "efficient")
+    prefixes = tree_aggregation.sensitivity(
+        rounds, participation.min_separation, participation.max_participations
+    )
+    return NoiseCorrelation(
+        strategy="tree",
+        coefficients=weights,
+        noising=None,
+        participation=participation,
+        run_sensitivity=math.sqrt(float(prefixes[-1])),
+        increments=np.diff(prefixes, prepend=0.0),
+        levels=levels,
+        digest=digest(np.concatenate([[float(rounds)], weights])),
     )
 
 
@@ -362,10 +469,10 @@ class DpFtrl(DpMechanism):
     unit = "user"
     ledger_mechanism = "gaussian_mf"
     accountants = ("rdp", "pld", "prv", "opacus_rdp")
-    samplings = ("cyclic", "fixed", "poisson")
+    samplings = ("cyclic", "cyclic_poisson", "min_separation", "fixed", "poisson")
     secagg_modes = ("none",)
 
-    #: ``independent``, ``banded`` or ``blt``.
+    #: ``independent``, ``tree``, ``banded`` or ``blt``.
     strategy: str | None = None
     #: Bands of the banded strategy.
     bands: int | None = None
@@ -377,6 +484,20 @@ class DpFtrl(DpMechanism):
         choice(privacy_cfg, "strategy", STRATEGIES, "banded")
         _positive_int(privacy_cfg, "bands", 4)
         _positive_int(privacy_cfg, "buffers", 3, MAX_BUFFERS)
+
+    def validate_sampling(self, privacy_cfg, sampling_cfg) -> None:
+        """Amplification by ``sampling=cyclic_poisson`` is claimed for banded strategies of
+        at most ``sampling.groups`` bands only.
+
+        Raises:
+            ConfigError: naming ``privacy.strategy`` or ``privacy.bands``.
+        """
+        if sampling_cfg.get("kind") == "cyclic_poisson":
+            _check_amplified(
+                choice(privacy_cfg, "strategy", STRATEGIES, "banded"),
+                _positive_int(privacy_cfg, "bands", 4),
+                int(sampling_cfg.get("groups") or 1),
+            )
 
     def build(self, privacy_cfg, sampler, client, rounds, secagg, num_params=None, *, tools):
         """The plan: the strategy for the sampler's participation over ``rounds`` rounds,
@@ -393,7 +514,12 @@ class DpFtrl(DpMechanism):
         bands = _positive_int(privacy_cfg, "bands", 4)
         buffers = _positive_int(privacy_cfg, "buffers", 3, MAX_BUFFERS)
         participation = sampler.participation(int(rounds))
-        correlation = build_correlation(strategy, int(rounds), participation, bands, buffers)
+        amplified = sampler.kind == "cyclic_poisson"
+        if amplified:
+            _check_amplified(strategy, bands, int(sampler.groups))
+        correlation = build_correlation(
+            strategy, int(rounds), participation, bands, buffers, amplified=amplified
+        )
         plan = PrivacyPlan(
             unit=self.unit,
             clip_norm=settings.clip_norm,
@@ -425,7 +551,7 @@ class DpFtrl(DpMechanism):
         return as_aggregator(
             chain(
                 clip_transform(plan.clip_norm),
-                correlated_gaussian(corr.noising, plan.noise_multiplier * corr.run_sensitivity),
+                corr.transform(plan.noise_multiplier * corr.run_sensitivity),
                 mean(plan.expected_cohort),
             ),
             params,
@@ -468,14 +594,18 @@ class DpFtrl(DpMechanism):
         return ADD_OR_REMOVE_ONE
 
     def dp_event(self, event: RoundEvent) -> dp_accounting.DpEvent:
-        """``GaussianDpEvent(z s_n / u_t)``; a round that adds no sensitivity (``u_t = 0``)
-        is ``NoOpDpEvent``."""
+        """``GaussianDpEvent(z s_n / u_t)``, Poisson-subsampled at the record's rate under
+        ``sampling=cyclic_poisson``; a round that adds no sensitivity (``u_t = 0``) is
+        ``NoOpDpEvent``."""
         increment = float(event.sensitivity_increment)
         if increment <= 0:
             return dp_accounting.NoOpDpEvent()
-        return dp_accounting.GaussianDpEvent(
+        gaussian = dp_accounting.GaussianDpEvent(
             event.noise_multiplier * float(event.run_sensitivity) / math.sqrt(increment)
         )
+        if event.sampling == "cyclic_poisson":
+            return dp_accounting.PoissonSampledDpEvent(float(event.sampling_rate), gaussian)
+        return gaussian
 
     def opacus_steps(self, event: RoundEvent) -> tuple[float, float, int]:
         """The round for opacus: one unsampled Gaussian step of multiplier
@@ -484,11 +614,14 @@ class DpFtrl(DpMechanism):
         if increment <= 0:
             return 1.0, 1.0, 0
         z = event.noise_multiplier * float(event.run_sensitivity) / math.sqrt(increment)
-        return z, 1.0, 1
+        q = float(event.sampling_rate) if event.sampling == "cyclic_poisson" else 1.0
+        return z, q, 1
 
     def accounting_key(self, event: RoundEvent) -> tuple[Any, ...]:
         return (
             event.mechanism,
+            event.sampling,
+            event.sampling_rate if event.sampling == "cyclic_poisson" else None,
             event.noise_multiplier,
             event.run_sensitivity,
             event.sensitivity_increment,
@@ -523,6 +656,12 @@ class DpFtrl(DpMechanism):
                 "sensitivity_increment",
                 f"must be in [0, run_sensitivity^2], got {event.sensitivity_increment!r}",
             )
+        if event.sampling == "cyclic_poisson" and event.strategy != "banded":
+            raise ConfigError(
+                "strategy",
+                f"amplification by cyclic Poisson sampling covers banded strategies only, got "
+                f"{event.strategy!r}",
+            )
         super().check_record(event)
 
     def expected_noise_std(self, event: RoundEvent) -> float | None:
@@ -549,7 +688,8 @@ class DpFtrl(DpMechanism):
 
     def audit(self, run: Any, events: Any) -> list[str]:
         """The records are all correlated noise of one strategy, and their increments add up
-        to at most the run's squared sensitivity."""
+        to at most the run's squared sensitivity (amplified: at most ``max_participations``
+        rounds carry a release)."""
         problems = []
         kinds = sorted({ev.mechanism for ev in events} - {"gaussian_mf"})
         if kinds:
@@ -558,7 +698,14 @@ class DpFtrl(DpMechanism):
         digests = sorted({ev.strategy_digest for ev in mf})
         if len(digests) > 1:
             problems.append(f"the ledger records {len(digests)} strategies: {digests}")
-        if mf:
+        amplified = [ev for ev in mf if ev.sampling == "cyclic_poisson" and not ev.replay]
+        releases = sum(1 for ev in amplified if float(ev.sensitivity_increment) > 0)
+        if amplified and releases > int(amplified[0].max_participations):
+            problems.append(
+                f"{releases} rounds carry a release of a client, more than the "
+                f"{amplified[0].max_participations} participations the ledger claims"
+            )
+        if mf and not amplified:
             total = sum(float(ev.sensitivity_increment) for ev in mf if not ev.replay)
             bound = float(mf[0].run_sensitivity) ** 2
             if total > bound * (1 + 1e-6):
@@ -566,6 +713,7 @@ class DpFtrl(DpMechanism):
                     f"the rounds' sensitivity increments add up to {total:.6g}, more than the "
                     f"run's squared sensitivity {bound:.6g}"
                 )
+        if mf:
             problems += self._recompute(run, mf)
         return problems
 
@@ -580,8 +728,8 @@ class DpFtrl(DpMechanism):
         block = dict(config.get("privacy") or {})
         sampling = dict(config.get("sampling") or {})
         first = events[0]
-        if sampling.get("kind") == "cyclic":
-            b = int(sampling["groups"])
+        if sampling.get("kind") in ("cyclic", "cyclic_poisson", "min_separation"):
+            b = int(sampling.get("groups") or sampling.get("separation"))
             expected = Participation(b, math.ceil(rounds / b))
         else:
             expected = Participation(1, rounds)
@@ -600,6 +748,7 @@ class DpFtrl(DpMechanism):
             expected,
             int(block.get("bands") or 4),
             int(block.get("buffers") or 3),
+            amplified=sampling.get("kind") == "cyclic_poisson",
         )
         if corr.digest != first.strategy_digest:
             problems.append(
@@ -628,12 +777,26 @@ class DpFtrl(DpMechanism):
         sampling key of round ``t`` is ``fold_in(fold_in(key(seed), 2), t)``) and checks
         that no client took part more often, or closer together, than the ledger claims."""
         sampling = dict(config.get("sampling") or {})
-        if sampling.get("kind") != "cyclic" or first.population is None:
+        kind = sampling.get("kind")
+        if kind not in ("cyclic", "cyclic_poisson", "min_separation") or first.population is None:
             return []
-        sampler = CyclicCohorts(
-            int(first.population), int(sampling["groups"]), int(sampling["cohort_size"])
-        )
         root = jax.random.fold_in(jax.random.key(int(config.get("seed", 0))), SAMPLING_PURPOSE)
+        if kind == "min_separation":
+            size, rate = sampling.get("cohort_size"), sampling.get("rate")
+            sampler = MinSeparation(
+                int(first.population),
+                int(sampling["separation"]),
+                None if size is None else int(size),
+                None if rate is None else float(rate),
+            ).bind(lambda t: jax.random.fold_in(root, t))
+        elif kind == "cyclic":
+            sampler = CyclicCohorts(
+                int(first.population), int(sampling["groups"]), int(sampling["cohort_size"])
+            )
+        else:
+            sampler = CyclicPoisson(
+                int(first.population), int(sampling["groups"]), float(sampling["rate"])
+            )
         last: dict[int, int] = {}
         count: dict[int, int] = {}
         for t in range(1, rounds + 1):
@@ -668,21 +831,29 @@ def plan_for(
     noise_multiplier: float = 1.0,
     delta: float,
     accountant: str = "pld",
+    sampling_rate: float | None = None,
 ) -> PrivacyPlan:
     """A plan of ``rounds`` correlated-noise rounds on its own, for accounting questions
-    (``fedpriv-account --strategy``): one client, clip 1, no sampling.
+    (``fedpriv-account --strategy``): one client, clip 1, no sampling; with
+    ``sampling_rate`` (banded only), cyclic Poisson sampling in
+    ``participation.min_separation`` groups, amplified.
 
     Raises:
-        ConfigError: a bad strategy size.
+        ConfigError: a bad strategy size, or amplification asked of another strategy.
     """
     if strategy not in STRATEGIES:
         raise ConfigError("strategy", f"must be one of {list(STRATEGIES)}, got {strategy!r}")
-    corr = build_correlation(strategy, int(rounds), participation, bands, buffers)
+    amplified = sampling_rate is not None
+    if amplified:
+        _check_amplified(strategy, int(bands), int(participation.min_separation))
+    corr = build_correlation(
+        strategy, int(rounds), participation, bands, buffers, amplified=amplified
+    )
     return PrivacyPlan(
         name=MECHANISM.name,
         unit="user",
-        sampling="full",
-        sampling_rate=1.0,
+        sampling="cyclic_poisson" if amplified else "full",
+        sampling_rate=float(sampling_rate) if amplified else 1.0,
         population=1,
         expected_cohort=1.0,
         clip_norm=1.0,
