@@ -7,6 +7,7 @@
     python experiments/figures.py dp_cohorts    # McMahan et al. 2018, Fig. 3 (sweep + report)
     python experiments/figures.py distributed   # Kairouz et al. 2021, Fig. 1 (bits)
     python experiments/figures.py empirical     # Andrew et al. 2023 (canaries)
+    python experiments/figures.py correlated    # DP-FTRL, banded MF, BLTs vs DP-FedAvg
     python experiments/figures.py fedavg --reduced --runs /tmp/fedavg   # small, for tests
     python experiments/figures.py --list
 
@@ -347,6 +348,77 @@ def run_distributed(args: argparse.Namespace, runs: Path) -> dict:
     }
 
 
+# --- Correlated noise (DP-FTRL, banded MF, BLTs) against DP-FedAvg at equal epsilon ---------
+
+CORRELATED_FULL = {
+    "eps": "1,2,4,8",
+    "seeds": "0,1,2",
+    "rounds": 100,
+    "cohort": 50,
+    "error_rounds": "100,1000,2000",
+}
+CORRELATED_REDUCED = {
+    "eps": "2",
+    "seeds": "0",
+    "rounds": 20,
+    "cohort": 10,
+    "error_rounds": "16,40",
+}
+
+
+def run_correlated(args: argparse.Namespace, runs: Path) -> dict:
+    grid = CORRELATED_REDUCED if args.reduced else CORRELATED_FULL
+    errors = [
+        sys.executable,
+        "experiments/correlated_noise_error.py",
+        "--rounds",
+        grid["error_rounds"],
+        "--out",
+        str(runs / "errors.jsonl"),
+    ]
+    population = 1000
+    common = [
+        "experiment=paper_correlated_noise",
+        f"privacy.target_epsilon={grid['eps']}",
+        f"seed={grid['seeds']}",
+        f"rounds={grid['rounds']}",
+        f"eval_every={grid['rounds']}",
+        "progress=false",
+    ]
+    base = [sys.executable, "-m", "fedpriv.train", "-m"]
+    if not args.reduced:
+        base.append("hydra/launcher=local")  # two worker processes
+    sweeps = {
+        "correlated": [
+            "privacy.strategy=independent,tree,banded,blt",
+            f"sampling.cohort_size={grid['cohort']}",
+        ],
+        "poisson": [
+            "privacy=user_dp",
+            "sampling=poisson",
+            f"sampling.rate={grid['cohort'] / population:g}",
+        ],
+        "fixed": [
+            "privacy.strategy=independent",
+            "sampling=fixed",
+            f"sampling.cohort_size={grid['cohort']}",
+        ],
+        # banded MF amplified by Poisson sampling inside the round's group (same expected
+        # cohort: the rate is the cohort over the group's size)
+        "amplified": [
+            "privacy.strategy=banded",
+            "sampling=cyclic_poisson",
+            f"sampling.rate={grid['cohort'] * 10 / population:g}",
+        ],
+    }
+    commands, seconds = [_sh(errors)], {"errors": round(_call(errors, "correlated: errors"), 1)}
+    for name, overrides in sweeps.items():
+        cmd = [*base, *common, *overrides, f"hydra.sweep.dir={runs / name}"]
+        seconds[name] = round(_call(cmd, f"correlated: {name}"), 1)
+        commands.append(_sh(cmd))
+    return {"grid": grid, "commands": commands, "seconds": seconds}
+
+
 # --- Li et al. 2020, Figure 1: FedAvg against FedProx with stragglers ----------------------
 
 #: The methods compared: FedAvg drops the stragglers; FedProx keeps their partial work, with
@@ -449,6 +521,15 @@ FIGURES = {
             "distributed_dp.ipynb",
             "distributed_dp.png",
             run_distributed,
+        ),
+        Figure(
+            "correlated",
+            "Kairouz et al. 2021 (DP-FTRL), Choquette-Choo et al. 2023 (banded MF), McMahan et "
+            "al. 2024 (BLTs): prefix-sum error and accuracy against epsilon, correlated noise "
+            "against DP-FedAvg",
+            "correlated_noise.ipynb",
+            "correlated_noise.png",
+            run_correlated,
         ),
         Figure(
             "empirical",

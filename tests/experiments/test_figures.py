@@ -188,6 +188,46 @@ def test_empirical_figure_stays_below_the_analytical_epsilon(tmp_path):
     assert low["epsilon_estimate"] < eps_low_noise
 
 
+@pytest.mark.slow
+def test_correlated_figure_meets_the_closed_forms_and_calibrates_every_run(tmp_path):
+    runs = tmp_path / "correlated"
+    check_drawn(figure("correlated", runs), runs, "correlated_noise.png")
+    errors = [json.loads(x) for x in (runs / "errors.jsonl").read_text().splitlines()]
+    assert sorted({r["rounds"] for r in errors}) == [16, 40]
+    for r in errors:
+        forms = r["published"]
+        if r["strategy"] == "independent":  # closed forms: sqrt(k (n + 1) / 2), sqrt(k n)
+            assert r["rmse"] == pytest.approx(forms["independent_rmse"], rel=1e-9)
+            assert r["max_error"] == pytest.approx(forms["independent_max_error"], rel=1e-9)
+        elif not r["strategy"].startswith("tree"):
+            # optimised over factorisations that include the identity (banded with one band)
+            assert r["rmse_vs_independent"] <= 1.0 + 1e-6, r
+        elif r["participations"] == 1:  # one participation: the tree beats independent noise
+            assert r["strategy"] == "tree (plain)" or r["rmse_vs_independent"] < 1.0, r
+        if r["participations"] == 1:  # no factorisation beats the lower bound
+            assert r["max_error"] >= forms["optimal_max_error_lower_bound"], r
+        if r["strategy"].startswith("square root"):
+            assert r["max_error"] <= 1.05 * forms["optimal_max_error_upper_bound"], r
+        if r["strategy"].startswith("tree") and r["participations"] == 1:
+            assert r["sensitivity"] == pytest.approx(forms["tree_sensitivity"])
+    by = {(r["rounds"], r["participations"], r["strategy"]): r for r in errors}
+    for n, k in {(r["rounds"], r["participations"]) for r in errors}:
+        assert by[(n, k, "tree (efficient)")]["rmse"] < by[(n, k, "tree (plain)")]["rmse"]
+    noise = {}
+    for sweep in ("correlated", "poisson", "fixed", "amplified"):
+        found = read_runs([runs / sweep])
+        assert found and all(r.status == "finished" for r in found), found
+        for run in found:
+            assert 0.95 * 2.0 <= run.epsilon <= 2.0
+            privacy = run.summary["privacy"]
+            sens = (privacy.get("correlation") or {}).get("run_sensitivity", 1.0)
+            strategy = run.value("privacy.strategy") if sweep == "correlated" else sweep
+            noise[strategy] = privacy["noise_multiplier"] * sens
+    assert len(noise) == 7
+    # Any client in any round, no amplification: the most noise of all.
+    assert noise["fixed"] > max(v for k, v in noise.items() if k != "fixed")
+
+
 def test_notebooks_match_their_generator_and_hold_no_outputs():
     proc = subprocess.run(
         [sys.executable, "notebooks/generate.py", "--check"],
